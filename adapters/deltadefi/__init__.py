@@ -1,0 +1,1 @@
+"""DeltaDeFi: frame formats, units and symbols, a generated session, the live client."""

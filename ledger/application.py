@@ -1,0 +1,277 @@
+"""The append use case: raw frames in, an immutable log out, each fill claimed once.
+
+``Ledger.append`` takes a batch of raw frames and, in ONE store transaction,
+appends every frame not already in the log (verbatim, with source and receive
+time) and one ``FillClaimed`` event for every fill id never claimed before. The
+pre-filter (one query for the batch's ids) only saves work; the store's primary
+key on the claim id has the final word, so a concurrent writer that claims a
+fill first makes this transaction fail whole, and the batch is planned again
+against the log as it now stands. Nothing is ever updated or deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol, TypeVar
+
+from eventsourcing.persistence import IntegrityError, StoredEvent
+
+from ledger.domain import Fill, ParsedFrame
+from ledger.events import FillClaimed, FrameReceived, claim_id, frame_id_for_line
+
+Parser = Callable[[bytes], ParsedFrame]
+
+MAX_ATTEMPTS = 50
+#: How long an append waits for a database that went away (restarting, a cut connection).
+RETRY_WINDOW_S = 120.0
+
+T = TypeVar("T")
+#: Fill digests remembered across batches (cumulative records repeat the same fills).
+DIGEST_MEMORY = 20_000
+
+
+_formatted_second: tuple[int, str] = (-1, "")
+
+
+def utc_now() -> str:
+    """Now, as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (the date and time part is formatted once
+    a second: an import asks for the time of every line)."""
+    global _formatted_second
+    second, fraction = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _formatted_second  # one read: threads may replace it, never half of it
+    if cached[0] != second:
+        cached = _formatted_second = (
+            second,
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+        )
+    return f"{cached[1]}.{fraction:06d}Z"
+
+
+class LogStore(Protocol):
+    """What the append use case needs of a store (see ``adapters.storage.Database``)."""
+
+    def append(self, events: Sequence[StoredEvent]) -> Sequence[int]: ...
+    def existing(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]: ...
+    def head(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class IncomingFrame:
+    """One raw frame as it arrived. ``line`` is set for frames read from a file."""
+
+    raw: bytes
+    source: str
+    received_at: str
+    line: int | None = None
+
+    def frame_id(self) -> uuid.UUID:
+        if self.line is None:
+            return uuid.uuid4()
+        return frame_id_for_line(self.source, self.line, self.raw)
+
+
+@dataclass
+class AppendReport:
+    frames: int = 0
+    appended: int = 0
+    already_ingested: int = 0
+    fills_new: int = 0
+    fills_duplicate: int = 0
+    rejected: int = 0
+    log_position: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    #: The fills this batch claimed (per batch only: totals don't accumulate them).
+    booked_fill_ids: list[str] = field(default_factory=list)
+
+    def add(self, other: AppendReport) -> None:
+        self.frames += other.frames
+        self.appended += other.appended
+        self.already_ingested += other.already_ingested
+        self.fills_new += other.fills_new
+        self.fills_duplicate += other.fills_duplicate
+        self.rejected += other.rejected
+        self.log_position = max(self.log_position, other.log_position)
+        self.conflicts.extend(other.conflicts)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "frames": self.frames,
+            "appended": self.appended,
+            "already_ingested": self.already_ingested,
+            "fills_new": self.fills_new,
+            "fills_duplicate": self.fills_duplicate,
+            "rejected": self.rejected,
+            "conflicts": len(self.conflicts),
+            "log_position": self.log_position,
+        }
+
+
+class Ledger:
+    def __init__(self, store: LogStore, parse: Parser) -> None:
+        self.store = store
+        self.parse = parse
+        self._digests: dict[str, tuple[Fill, str]] = {}
+
+    def append(self, frames: Sequence[IncomingFrame]) -> AppendReport:
+        """Append a batch in one transaction; see the module docstring."""
+        if not frames:
+            return AppendReport(log_position=self.store.head())
+        planned = [(f, f.frame_id(), self.parse(f.raw)) for f in frames]
+        for _ in range(MAX_ATTEMPTS):
+            events, report = self._retry_transient(lambda: self._plan(planned))
+            if not events:
+                report.log_position = self._retry_transient(self.store.head)
+                return report
+            try:
+                # After a lost connection the batch may have committed after all: then
+                # the retry fails on the ids it wrote, and the batch is planned again.
+                positions = self._retry_transient(partial(self.store.append, events))
+            except IntegrityError:
+                # A concurrent writer got some of these ids in first; plan again.
+                continue
+            report.log_position = (
+                max(positions) if positions else self._retry_transient(self.store.head)
+            )
+            return report
+        raise RuntimeError(f"could not append a batch after {MAX_ATTEMPTS} attempts")
+
+    def _retry_transient(self, call: Callable[[], T]) -> T:
+        """``call()``, tried again for up to ``RETRY_WINDOW_S`` while the store calls its
+        failure transient (the database restarting, a connection cut), so a batch import
+        outlives a database restart instead of dying with it."""
+        is_transient = getattr(self.store, "is_transient", None)
+        deadline = time.monotonic() + RETRY_WINDOW_S
+        delay = 0.05
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                if is_transient is None or not is_transient(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _plan(
+        self, planned: Sequence[tuple[IncomingFrame, uuid.UUID, ParsedFrame]]
+    ) -> tuple[list[StoredEvent], AppendReport]:
+        # One query for every distinct id the batch could append (frames and claims).
+        ids = dict.fromkeys(fid for _, fid, _ in planned)
+        for *_, parsed in planned:
+            for fill in parsed.fills:
+                ids[claim_id(fill.fill_id)] = None
+        known = self.store.existing(list(ids))
+        known_digests: dict[str, str | None] = {}
+        claimed_here: dict[str, Fill] = {}
+        events: list[StoredEvent] = []
+        report = AppendReport(frames=len(planned))
+        seen_frames: set[uuid.UUID] = set()
+        for frame, fid, parsed in planned:
+            if fid in known or fid in seen_frames:
+                report.already_ingested += 1
+                continue
+            seen_frames.add(fid)
+            event = FrameReceived(
+                frame_id=fid,
+                raw=frame.raw,
+                received_at=frame.received_at,
+                source=frame.source,
+                line=frame.line,
+                rejection=parsed.rejection,
+            )
+            events.append(event.to_stored())
+            report.appended += 1
+            if parsed.rejected:
+                report.rejected += 1
+                continue
+            for fill in parsed.fills:
+                first = claimed_here.get(fill.fill_id)
+                if first is None:
+                    if fill.fill_id not in known_digests:
+                        known_digests[fill.fill_id] = _claim_digest(
+                            known.get(claim_id(fill.fill_id))
+                        )
+                    earlier = known_digests[fill.fill_id]
+                    if earlier is None:
+                        events.append(
+                            FillClaimed(fill.fill_id, fid, self._digest(fill)).to_stored()
+                        )
+                        claimed_here[fill.fill_id] = fill
+                        report.fills_new += 1
+                        report.booked_fill_ids.append(fill.fill_id)
+                        continue
+                elif first is fill or first == fill:
+                    # The same record again (the parser hands out one object per record).
+                    report.fills_duplicate += 1
+                    continue
+                else:
+                    earlier = self._digest(first)
+                report.fills_duplicate += 1
+                if earlier != self._digest(fill):
+                    report.conflicts.append(fill.fill_id)
+        return events, report
+
+    def _digest(self, fill: Fill) -> str:
+        """``fill.digest()``, remembered for the fill object (bounded: cleared when full)."""
+        entry = self._digests.get(fill.fill_id)
+        if entry is not None and entry[0] is fill:
+            return entry[1]
+        digest = fill.digest()
+        if len(self._digests) >= DIGEST_MEMORY:
+            self._digests.clear()
+        self._digests[fill.fill_id] = (fill, digest)
+        return digest
+
+    def ingest_lines(
+        self,
+        lines: Iterable[tuple[int, bytes]],
+        source: str,
+        *,
+        batch_size: int = 2000,
+        received_at: Callable[[], str] = utc_now,
+        on_batch: Callable[[AppendReport], None] | None = None,
+    ) -> AppendReport:
+        """Append numbered lines of a capture, a batch per transaction.
+
+        Blank lines are not frames. Each line's id is derived from (source, line
+        number, content), so re-ingesting a capture appends nothing and an import
+        killed half-way completes when run again.
+        """
+        total = AppendReport()
+        batch: list[IncomingFrame] = []
+        for number, raw in lines:
+            if not raw.strip():
+                continue
+            batch.append(
+                IncomingFrame(raw=raw, source=source, received_at=received_at(), line=number)
+            )
+            if len(batch) >= batch_size:
+                self._flush(batch, total, on_batch)
+        if batch:
+            self._flush(batch, total, on_batch)
+        if total.log_position == 0:
+            total.log_position = self.store.head()
+        return total
+
+    def _flush(
+        self,
+        batch: list[IncomingFrame],
+        total: AppendReport,
+        on_batch: Callable[[AppendReport], None] | None,
+    ) -> None:
+        report = self.append(batch)
+        batch.clear()
+        total.add(report)
+        if on_batch:
+            on_batch(report)
+
+
+def _claim_digest(state: bytes | None) -> str | None:
+    if state is None:
+        return None
+    head = json.loads(state.partition(b"\n")[0])
+    return str(head.get("digest", ""))

@@ -1,0 +1,1 @@
+"""Pure folds of the log (positions, balances, P&L, fills) and the runner that persists them."""

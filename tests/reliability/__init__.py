@@ -1,0 +1,1 @@
+"""The reliability and security campaign (issue 4): faults, races and hostile input."""

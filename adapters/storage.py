@@ -1,0 +1,569 @@
+"""Database URL -> the eventsourcing recorders the ledger runs on, SQLite or PostgreSQL.
+
+One ``Database`` interface, two implementations; everything above this module is
+the same code for both. The event log is the eventsourcing library's application
+sequence (``stored_events``); projection positions are its tracking table; the
+projections' own tables live beside them so that a page of views and its
+tracking position commit in one transaction.
+
+URLs: a plain path or ``sqlite:///path`` is a SQLite file (created 0600, WAL);
+``postgresql://user[:password]@host[:port]/dbname`` is PostgreSQL (the database
+is created on first use when the server allows it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from eventsourcing.persistence import (
+    IntegrityError,
+    Notification,
+    PersistenceError,
+    StoredEvent,
+    Tracking,
+)
+
+SQLITE_LOCK_TIMEOUT_S = 60
+#: SQLSTATEs of a server shutting down, crashed, or still starting: worth waiting for.
+_SERVER_GOING_AWAY = {"57P01", "57P02", "57P03"}
+#: The advisory lock that serialises table creation between processes (PostgreSQL).
+SCHEMA_LOCK_KEY = 0x6C6564676572  # "ledger"
+
+
+class DatabaseURLError(ValueError):
+    """A database URL this ledger cannot use."""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be opened or reached."""
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    kind: str  # "sqlite" | "postgresql"
+    path: str = ""
+    host: str = ""
+    port: int = 5432
+    user: str = ""
+    password: str = ""
+    dbname: str = ""
+
+    def redacted(self) -> str:
+        """The URL without its password, fit for messages and logs."""
+        if self.kind == "sqlite":
+            return self.path
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+def parse_url(url: str) -> DatabaseURL:
+    text = url.strip()
+    if not text:
+        raise DatabaseURLError("empty database URL")
+    if text.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(text)
+        dbname = parts.path.lstrip("/")
+        if not parts.hostname or not dbname:
+            raise DatabaseURLError(
+                "a PostgreSQL URL needs a host and a database: postgresql://user@host:5432/dbname"
+            )
+        try:
+            port = parts.port or 5432
+        except ValueError as exc:
+            raise DatabaseURLError("invalid port in the PostgreSQL URL") from exc
+        return DatabaseURL(
+            kind="postgresql",
+            host=parts.hostname,
+            port=port,
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+            dbname=unquote(dbname),
+        )
+    if text.startswith("sqlite://"):
+        path = text[len("sqlite://") :]
+        # sqlite:///relative.sqlite and sqlite:////absolute/path.sqlite, as SQLAlchemy reads them.
+        if path.startswith("/"):
+            path = path[1:]
+        if not path:
+            raise DatabaseURLError("a SQLite URL needs a file: sqlite:///path/to/ledger.sqlite")
+        return DatabaseURL(kind="sqlite", path=path)
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        scheme = text.split("://", 1)[0]
+        raise DatabaseURLError(
+            f"unsupported database scheme {scheme!r}: use a file path, sqlite:/// or postgresql://"
+        )
+    return DatabaseURL(kind="sqlite", path=text)
+
+
+class SqlCursor:
+    """A cursor that speaks one dialect of parameters (``?``) and returns tuples."""
+
+    def __init__(self, raw: Any, paramstyle: str) -> None:
+        self.raw = raw
+        self._pg = paramstyle == "format"
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self._pg else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.raw.execute(self._sql(sql), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.raw.executemany(self._sql(sql), rows)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return [self._row(r) for r in self.raw.fetchall()]
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row = self.raw.fetchone()
+        return None if row is None else self._row(row)
+
+    def _row(self, row: Any) -> tuple[Any, ...]:
+        return tuple(row.values()) if isinstance(row, dict) else tuple(row)
+
+
+class Database:
+    """The ledger's port onto one database. See the module docstring."""
+
+    kind: str
+    #: The column that numbers the log (the eventsourcing recorder's notification id).
+    _position_column: str
+    url: DatabaseURL
+    recorder: Any
+    tracking_recorder: Any
+    tracking_table: str
+
+    def append(self, events: Sequence[StoredEvent]) -> Sequence[int]:
+        """Append events in one transaction; all or nothing.
+
+        Raises ``IntegrityError`` when any event's id is already in the log.
+        """
+        ids = self.recorder.insert_events(list(events))
+        return list(ids or [])
+
+    def existing(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        """Which of these event ids are already in the log, with their stored state."""
+        raise NotImplementedError
+
+    def read(
+        self, after: int, limit: int, topics: Sequence[str] = (), stop: int | None = None
+    ) -> Sequence[Notification]:
+        """Up to ``limit`` events with log position > ``after`` (and <= ``stop``), in order."""
+        return list(
+            self.recorder.select_notifications(
+                after, limit, stop=stop, topics=list(topics), inclusive_of_start=False
+            )
+        )
+
+    def read_page(
+        self, after: int, limit: int, stop: int | None = None
+    ) -> list[tuple[int, str, bytes]]:
+        """Up to ``limit`` events after ``after`` (and <= ``stop``) as ``(position, topic, state)``.
+
+        The projector's page: one query, no per-row objects, nothing it does not use.
+        """
+        # bandit B608: the column name is a class constant; values are bound parameters.
+        sql = f"SELECT {self._position_column}, topic, state FROM stored_events WHERE {self._position_column} > ?"  # nosec B608
+        params: list[int] = [after]
+        if stop is not None:
+            sql += f" AND {self._position_column} <= ?"
+            params.append(stop)
+        sql += f" ORDER BY {self._position_column} LIMIT ?"
+        params.append(limit)
+        with self.reading() as cur:
+            cur.execute(sql, params)
+            return [(int(pos), topic, bytes(state)) for pos, topic, state in cur.fetchall()]
+
+    def head(self) -> int:
+        """The log position of the newest event (0 for an empty log)."""
+        return int(self.recorder.max_notification_id() or 0)
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlCursor]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlCursor]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is the database going away for a while (a restart, a cut
+        connection), so the same work may be tried again. Never on SQLite: a file does
+        not go away, and its locks are already waited on (``SQLITE_LOCK_TIMEOUT_S``)."""
+        return False
+
+    def lock_schema(self, cursor: SqlCursor) -> None:
+        """Serialise this transaction's ``CREATE ... IF NOT EXISTS`` with other processes'.
+
+        A no-op on SQLite, whose write lock already does it."""
+
+    def record_tracking(self, cursor: SqlCursor, name: str, position: int) -> None:
+        self.tracking_recorder._insert_tracking(cursor.raw, Tracking(name, position))
+
+    def tracking_position_in(self, cursor: SqlCursor, name: str) -> int:
+        """The tracking position as seen by ``cursor``'s transaction."""
+        # bandit B608: the table name is a class constant; the value is a bound parameter.
+        cursor.execute(
+            f"SELECT notification_id FROM {self.tracking_table} WHERE application_name = ?",  # nosec B608
+            (name,),
+        )
+        row = cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def tracking_position(self, name: str) -> int:
+        return int(self.tracking_recorder.max_tracking_id(name) or 0)
+
+    def reset_tracking(self, cursor: SqlCursor, name: str) -> None:
+        # bandit B608: the table name is a class constant; the name is a bound parameter.
+        cursor.execute(f"DELETE FROM {self.tracking_table} WHERE application_name = ?", (name,))  # nosec B608
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SQLiteDatabase(Database):
+    kind = "sqlite"
+    tracking_table = "tracking"
+    _position_column = "rowid"
+
+    def __init__(self, url: DatabaseURL) -> None:
+        from eventsourcing.sqlite import (
+            SQLiteApplicationRecorder,
+            SQLiteDatastore,
+        )
+
+        self.url = url
+        path = Path(url.path)
+        if not path.parent.exists():
+            raise DatabaseUnavailable(
+                f"cannot open {url.path}: folder {path.parent} does not exist"
+            )
+        if not path.exists():
+            # Created owner-only; SQLite gives its -wal and -shm files the same mode.
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as exc:
+                raise DatabaseUnavailable(f"cannot create {url.path}: {exc.strerror}") from exc
+        self.datastore = SQLiteDatastore(
+            str(path), lock_timeout=SQLITE_LOCK_TIMEOUT_S, pool_size=4, max_overflow=4
+        )
+        _make_durable(self.datastore)
+        self.recorder = SQLiteApplicationRecorder(self.datastore)
+        self._create_tables(url)
+
+    def _create_tables(self, url: DatabaseURL) -> None:
+        """Make the tables, racing other processes opening the same new file.
+
+        SQLite answers some of those races at once instead of waiting out the lock:
+        switching a new file to WAL, and a ``CREATE ... IF NOT EXISTS`` whose read of the
+        schema went stale when another process created the table first (the transaction
+        cannot upgrade to a write lock). Both mean "look again", so the whole step is
+        retried until ``SQLITE_LOCK_TIMEOUT_S``; the loser then finds the tables made."""
+        from eventsourcing.sqlite import SQLiteTrackingRecorder
+
+        deadline = time.monotonic() + SQLITE_LOCK_TIMEOUT_S
+        attempt = 0
+        while True:
+            self.tracking_recorder = SQLiteTrackingRecorder(self.datastore)
+            try:
+                self.recorder.create_table()
+                self.tracking_recorder.create_table()
+                return
+            except (PersistenceError, sqlite3.Error) as exc:
+                racing = isinstance(exc, IntegrityError) or _is_sqlite_busy(exc)
+                if not racing or time.monotonic() > deadline:
+                    raise DatabaseUnavailable(f"cannot open {url.path}: {exc}") from exc
+            attempt += 1
+            time.sleep(random.uniform(0.01, min(0.5, 0.02 * 2**attempt)))  # nosec B311
+
+    def append(self, events: Sequence[StoredEvent]) -> Sequence[int]:
+        """One transaction, one ``executemany`` (the library's recorder runs one statement
+        per event to collect each rowid). Rowids are handed out as max + 1 while this
+        transaction holds SQLite's write lock, so the batch's positions are consecutive."""
+        rows = [
+            (
+                e.originator_id.hex if isinstance(e.originator_id, uuid.UUID) else e.originator_id,
+                e.originator_version,
+                e.topic,
+                e.state,
+            )
+            for e in events
+        ]
+        if not rows:
+            return []
+        with self.transaction() as cur:
+            cur.raw.executemany("INSERT INTO stored_events VALUES (?,?,?,?)", rows)
+            cur.raw.execute("SELECT last_insert_rowid()")
+            last = int(cur.raw.fetchone()[0])
+        return range(last - len(rows) + 1, last + 1)
+
+    def existing(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        found: dict[uuid.UUID, bytes] = {}
+        with self.reading() as cur:
+            for chunk in _chunks(list(ids), 500):
+                marks = ",".join("?" * len(chunk))
+                cur.execute(
+                    "SELECT originator_id, state FROM stored_events "
+                    # bandit B608: only "?" marks are interpolated.
+                    f"WHERE originator_version = 1 AND originator_id IN ({marks})",  # nosec B608
+                    [i.hex for i in chunk],
+                )
+                for oid, state in cur.fetchall():
+                    found[uuid.UUID(oid)] = bytes(state)
+        return found
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlCursor]:
+        with self.datastore.transaction(commit=True) as cur:
+            yield SqlCursor(cur, "qmark")
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlCursor]:
+        with self.datastore.transaction(commit=False) as cur:
+            yield SqlCursor(cur, "qmark")
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.datastore.close()
+
+
+class PostgresDatabase(Database):
+    kind = "postgresql"
+    tracking_table = "notification_tracking"
+    _position_column = "notification_id"
+
+    def __init__(self, url: DatabaseURL) -> None:
+        from eventsourcing.postgres import (
+            PostgresApplicationRecorder,
+            PostgresDatastore,
+            PostgresTrackingRecorder,
+        )
+
+        self.url = url
+        _create_database_if_missing(url)
+        self.datastore = PostgresDatastore(
+            dbname=url.dbname,
+            host=url.host,
+            port=url.port,
+            user=url.user,
+            password=url.password,
+            connect_timeout=5,
+            pool_size=2,
+            max_overflow=4,
+            pre_ping=True,
+            lock_timeout=30,
+            pool_open_timeout=10,
+        )
+        self.recorder = PostgresApplicationRecorder(self.datastore)
+        self.tracking_recorder = PostgresTrackingRecorder(self.datastore)
+        try:
+            with _schema_lock(url):
+                self.recorder.create_table()
+                self.tracking_recorder.create_table()
+        except PersistenceError as exc:
+            raise DatabaseUnavailable(f"cannot use {url.redacted()}: {_first_line(exc)}") from exc
+
+    def lock_schema(self, cursor: SqlCursor) -> None:
+        cursor.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """A lost or refused connection (no SQLSTATE, or class 08), the server shutting
+        down or starting up (57P01-57P03), no pooled connection in time: yes. A constraint,
+        a full disk, a read-only database, a lock timeout: no."""
+        import psycopg
+
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, (psycopg.OperationalError, psycopg.InterfaceError)):
+                state = seen.sqlstate
+                return state is None or state.startswith("08") or state in _SERVER_GOING_AWAY
+            seen = seen.__cause__ or seen.__context__
+        return False
+
+    def append(self, events: Sequence[StoredEvent]) -> Sequence[int]:
+        """One transaction: the recorder's table lock and NOTIFY, then one INSERT of four
+        arrays (``unnest``) with RETURNING, in a plain transaction.
+
+        Why not the library's recorder: it builds an array of a composite type, which
+        psycopg writes as escaped text row by row in Python (most of an import's time on
+        PostgreSQL), and it sends it in pipeline mode, which deadlocks once a batch
+        carries more than a few megabytes (the server waits in ClientRead for the rest
+        of the statement, the client for a result: found with a 10 MB frame, and 2,000
+        frames of 5 kB hang the same way). Plain arrays of uuid, bigint, text and bytea
+        go out in psycopg's binary formats. The EXCLUSIVE table lock keeps commit order
+        equal to notification-id order, as the recorder does, so no reader skips a gap.
+        """
+        events = list(events)
+        if not events:
+            return []
+        from psycopg.sql import SQL, Identifier
+
+        with self.datastore.transaction(commit=True) as curs:
+            for statement in self.recorder.lock_table_statements:
+                curs.execute(statement)
+            curs.execute(SQL("NOTIFY {0}").format(Identifier(self.recorder.channel_name)))
+            curs.execute(
+                "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
+                "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+                "RETURNING notification_id",
+                (
+                    [e.originator_id for e in events],
+                    [e.originator_version for e in events],
+                    [e.topic for e in events],
+                    [e.state for e in events],
+                ),
+            )
+            return [int(row["notification_id"]) for row in curs.fetchall()]
+
+    def existing(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        found: dict[uuid.UUID, bytes] = {}
+        if not ids:
+            return found
+        with self.reading() as cur:
+            for chunk in _chunks(list(ids), 5000):
+                cur.execute(
+                    "SELECT originator_id, state FROM stored_events "
+                    "WHERE originator_version = 1 AND originator_id = ANY(?)",
+                    (chunk,),
+                )
+                for oid, state in cur.fetchall():
+                    found[oid if isinstance(oid, uuid.UUID) else uuid.UUID(str(oid))] = bytes(state)
+        return found
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlCursor]:
+        with self.datastore.transaction(commit=True) as cur:
+            yield SqlCursor(cur, "format")
+
+    @contextmanager
+    def reading(self) -> Iterator[SqlCursor]:
+        """A read-only transaction on ONE snapshot (REPEATABLE READ): a reader that runs
+        several queries never sees half of another process's commit."""
+        with self.datastore.transaction(commit=False) as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield SqlCursor(cur, "format")
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.datastore.close()
+
+
+def _is_sqlite_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, however the library wrapped it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen).lower()
+        if "database is locked" in text or "database table is locked" in text or "busy" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _make_durable(datastore: Any) -> None:
+    """Every SQLite connection commits with ``synchronous=FULL``: in WAL mode each commit
+    fsyncs the log, so a committed batch survives a power cut, not just a crash of the
+    process. (It is SQLite's usual default; this makes it independent of the build.)
+    The pragma cannot be set inside a transaction, so it is set as each pooled
+    connection is made (a private hook of the pinned eventsourcing version)."""
+    pool = datastore.pool
+    create = pool._create_connection
+
+    def create_durable() -> Any:
+        connection = create()
+        connection._sqlite_conn.execute("PRAGMA synchronous=FULL")
+        return connection
+
+    pool._create_connection = create_durable
+
+
+def _connect_params(url: DatabaseURL) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.user,
+        "connect_timeout": 5,
+    }
+    if url.password:
+        params["password"] = url.password
+    return params
+
+
+@contextmanager
+def _schema_lock(url: DatabaseURL) -> Iterator[None]:
+    """Hold the schema advisory lock while creating tables.
+
+    ``CREATE TABLE IF NOT EXISTS`` is not safe against itself in PostgreSQL: two
+    processes opening a fresh database at once can both miss the table and one fails
+    on ``pg_type_typname_nsp_index``. The lock makes the second wait and then find it.
+    """
+    import psycopg
+
+    try:
+        conn = psycopg.connect(dbname=url.dbname, autocommit=True, **_connect_params(url))
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"cannot reach {url.redacted()}: {_first_line(exc)}") from exc
+    with conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        yield
+
+
+def _create_database_if_missing(url: DatabaseURL) -> None:
+    import psycopg
+    from psycopg import sql
+
+    params = _connect_params(url)
+    try:
+        with psycopg.connect(dbname=url.dbname, **params):
+            return
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise DatabaseUnavailable(f"cannot reach {url.redacted()}: {_first_line(exc)}") from exc
+    try:
+        with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.dbname)))
+    except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+        pass  # another process created it first
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"cannot create {url.redacted()}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def open_database(url: str) -> Database:
+    """Open (and on first use, create) the ledger's tables at ``url``."""
+    parsed = parse_url(url)
+    if parsed.kind == "postgresql":
+        return PostgresDatabase(parsed)
+    return SQLiteDatabase(parsed)
+
+
+__all__ = [
+    "Database",
+    "DatabaseURL",
+    "DatabaseURLError",
+    "DatabaseUnavailable",
+    "IntegrityError",
+    "open_database",
+    "parse_url",
+]

@@ -15,6 +15,7 @@ gives. Only the displayed average is a quotient.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, localcontext
 from typing import Any
@@ -229,13 +230,17 @@ class PositionBook:
         pos.apply(fill)
         return True
 
-    def refold(self, symbol: str, fills_in_order: list[Fill]) -> None:
-        """Replace a symbol's position by a fold of all its fills, in execution order."""
-        if not fills_in_order:
-            self.positions.pop(symbol, None)
-            return
-        first = fills_in_order[0]
-        pos = Position(symbol, first.base_asset, first.quote_asset)
+    def refold(self, symbol: str, fills_in_order: Iterable[Fill]) -> None:
+        """Replace a symbol's position by a fold of all its fills, in execution order.
+
+        The fills are consumed one at a time (they may be streamed from the store: a
+        symbol's whole history held at once costs about 1.5 kB a fill)."""
+        pos: Position | None = None
         for fill in fills_in_order:
+            if pos is None:
+                pos = Position(symbol, fill.base_asset, fill.quote_asset)
             pos.apply(fill)
-        self.positions[symbol] = pos
+        if pos is None:
+            self.positions.pop(symbol, None)
+        else:
+            self.positions[symbol] = pos

@@ -8,7 +8,7 @@ never a floating-point column.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -118,13 +118,38 @@ def insert_rejects(cur: SqlCursor, rows: Sequence[tuple[int, str, str, bytes]]) 
     )
 
 
-def fills_of_symbol(cur: SqlCursor, symbol: str) -> list[Fill]:
-    cur.execute(
-        # bandit B608: constant columns.
-        f"SELECT {FILL_COLUMNS} FROM ledger_fills WHERE symbol = ? ORDER BY executed_at, fill_id",  # nosec B608
-        (symbol,),
-    )
-    return [fill_from_row(r) for r in cur.fetchall()]
+#: Rows read at a time when a symbol's whole history is replayed (``fills_of_symbol``).
+SYMBOL_PAGE = 2000
+
+
+def fills_of_symbol(cur: SqlCursor, symbol: str, page: int = SYMBOL_PAGE) -> Iterator[Fill]:
+    """A symbol's fills in execution order, read ``page`` rows at a time (keyset paging on
+    the ``ledger_fills_by_symbol`` index), so a refold holds one page, not the history.
+
+    Each page is fetched whole before it is yielded: ``cur`` may run other statements
+    between pages, but the caller must consume the iterator before using ``cur`` again."""
+    after: tuple[str, str] | None = None
+    while True:
+        if after is None:
+            cur.execute(
+                # bandit B608: constant columns.
+                f"SELECT {FILL_COLUMNS} FROM ledger_fills WHERE symbol = ? "  # nosec B608
+                "ORDER BY executed_at, fill_id LIMIT ?",
+                (symbol, page),
+            )
+        else:
+            cur.execute(
+                # bandit B608: constant columns.
+                f"SELECT {FILL_COLUMNS} FROM ledger_fills WHERE symbol = ? "  # nosec B608
+                "AND (executed_at, fill_id) > (?, ?) ORDER BY executed_at, fill_id LIMIT ?",
+                (symbol, *after, page),
+            )
+        rows = cur.fetchall()
+        for row in rows:
+            yield fill_from_row(row)
+        if len(rows) < page:
+            return
+        after = (rows[-1][12], rows[-1][0])
 
 
 def fill_from_row(r: Sequence[Any]) -> Fill:

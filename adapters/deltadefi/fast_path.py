@@ -32,7 +32,7 @@ at run time).
 
 from __future__ import annotations
 
-import contextlib
+import threading
 from collections import OrderedDict
 from typing import Any, Literal, NotRequired
 
@@ -139,7 +139,12 @@ _fills: dict[tuple[Any, ...], Fill] = {}
 
 _RECENT_LIMIT = 4096
 _RECENT_MAX_BYTES = 64 * 1024
+#: The remembered frames' bytes, all together: without it 4,096 frames of up to 64 kB
+#: could keep 256 MB alive; typical frames (about 1.2 kB) stay far below it.
+_RECENT_BUDGET_BYTES = 16 * 1024 * 1024
 _recent: OrderedDict[bytes, ParsedFrame] = OrderedDict()
+_recent_bytes = 0
+_recent_lock = threading.Lock()
 
 
 def recall(raw: bytes) -> ParsedFrame | None:
@@ -148,19 +153,29 @@ def recall(raw: bytes) -> ParsedFrame | None:
 
 
 def remember(raw: bytes, parsed: ParsedFrame) -> None:
-    """Keep ``parsed`` as the answer for ``raw``; the oldest answer goes when full."""
+    """Keep ``parsed`` as the answer for ``raw``; the oldest answers go when the memory
+    holds ``_RECENT_LIMIT`` frames or ``_RECENT_BUDGET_BYTES`` of them."""
+    global _recent_bytes
     if len(raw) > _RECENT_MAX_BYTES:
         return
-    if len(_recent) >= _RECENT_LIMIT:
-        # Another thread may be trimming too: losing that race only forgets one answer less.
-        with contextlib.suppress(KeyError):
-            _recent.popitem(last=False)
-    _recent[raw] = parsed
+    with _recent_lock:  # the byte count must match the entries (``recall`` needs no lock)
+        if raw in _recent:
+            return
+        while _recent and (
+            len(_recent) >= _RECENT_LIMIT or _recent_bytes + len(raw) > _RECENT_BUDGET_BYTES
+        ):
+            old, _ = _recent.popitem(last=False)
+            _recent_bytes -= len(old)
+        _recent[raw] = parsed
+        _recent_bytes += len(raw)
 
 
 def forget() -> None:
     """Empty every memory of this module."""
-    _recent.clear()
+    global _recent_bytes
+    with _recent_lock:
+        _recent.clear()
+        _recent_bytes = 0
     _orders.clear()
     _fills.clear()
 

@@ -25,6 +25,7 @@ from ledger.application import AppendReport
 from ledger.bootstrap import LedgerServices, open_ledger
 from ledger.settings import LedgerSettings
 from projections import reports
+from projections.follower import Follower
 from projections.runner import Replay, Window, verify
 from projections.state import LedgerState
 
@@ -78,9 +79,13 @@ def _main(db: DbOption = None) -> None:
     _state["db"] = db or LedgerSettings().db
 
 
+def _db_url() -> str:
+    return str(_state.get("db") or LedgerSettings().db)
+
+
 @contextmanager
 def _services() -> Iterator[LedgerServices]:
-    services = open_ledger(_state.get("db") or LedgerSettings().db)
+    services = open_ledger(_db_url())
     try:
         yield services
     finally:
@@ -149,15 +154,14 @@ def ingest(
     """Append a capture to the log (idempotent per line), then bring the projections up to date."""
     source, lines = _numbered_lines(path)
     started = time.perf_counter()
-    with _services() as services:
+    # Forked before this process opens the database: the projections follow the log in a
+    # second process while this one appends (see projections.follower).
+    with Follower(_db_url()) as follower, _services() as services:
         bar, update = _progress("ingest", not as_json)
         seen = {"frames": 0}
 
         def on_batch(report: AppendReport) -> None:
             seen["frames"] += report.frames
-            # Project each batch right after it is appended: the views follow the import, and
-            # the projector finds the batch's frames still parsed (see adapters.deltadefi.fast_path).
-            services.projector.catch_up()
             if update:
                 update(seen["frames"], seen["frames"])
 
@@ -167,6 +171,9 @@ def ingest(
             report = services.ledger.ingest_lines(
                 lines, source, on_batch=on_batch, batch_size=batch_size
             )
+            if follower.finish() is not None and not as_json:
+                err.print("[yellow]note:[/] the projector process stopped; projecting here")
+            # A no-op when the follower got to the head; the whole catch-up when it did not.
             services.projector.catch_up()
         finally:
             if bar:

@@ -43,6 +43,8 @@ Parser = Callable[[bytes], ParsedFrame]
 Progress = Callable[[int, int], None]
 #: One event of a page: (log position, topic, stored state).
 Page = tuple[int, str, bytes]
+#: One frame of a page, read: (log position, stored header, raw bytes, parsed).
+PageFrame = tuple[int, bytes, bytes, ParsedFrame]
 
 #: Consecutive refusals of one page (no other projector advancing) before giving up.
 MAX_REFUSALS = 20
@@ -130,6 +132,9 @@ class Projector:
             if not page:
                 return position
             end = page[-1][0]
+            # Parsed before the write transaction opens: parsing is pure, and on SQLite the
+            # transaction holds the one write lock that the appender is waiting for.
+            frames = self._read_frames(page)
             try:
                 with self.views_db.transaction() as cur:
                     self.views_db.record_tracking(cur, views.PROJECTION_NAME, end)
@@ -138,7 +143,7 @@ class Projector:
                     # tracking write alone did not fail), our state is stale: start again.
                     if int(views.read_meta(cur).get("frames", "0")) != state.frames:
                         raise IntegrityError("the views moved on since this projector loaded them")
-                    self._apply_page(cur, state, page)
+                    self._apply_page(cur, state, frames)
             except IntegrityError:
                 # Another projector committed this page first: take its word and go on.
                 # A page refused again and again with no one advancing is a bug, not a race.
@@ -163,17 +168,20 @@ class Projector:
 
     # --- folding one page ----------------------------------------------------------
 
-    def _apply_page(self, cur: SqlCursor, state: LedgerState, page: Sequence[Page]) -> None:
-        window = self.window
+    def _read_frames(self, page: Sequence[Page]) -> list[PageFrame]:
+        """The page's frames, each with its header and today's reading of its raw bytes."""
         parse = self.parse
-        frames: list[tuple[int, bytes, bytes, ParsedFrame]] = []
+        frames: list[PageFrame] = []
         for position, topic, stored in page:
             if topic in FRAME_TOPICS:
                 head, _, raw = stored.partition(b"\n")
                 if not head.endswith(_CURRENT_HEADER_END):
                     _header(head)  # an older header is upcast; a newer one is refused here
                 frames.append((position, head, raw, parse(raw)))
+        return frames
 
+    def _apply_page(self, cur: SqlCursor, state: LedgerState, frames: Sequence[PageFrame]) -> None:
+        window = self.window
         candidate_ids = sorted({f.fill_id for *_, p in frames for f in p.fills})
         booked = views.booked_among(cur, candidate_ids) if candidate_ids else set()
 

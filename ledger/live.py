@@ -21,8 +21,9 @@ Guarantees (each checked by tests/test_live.py against a local exchange):
   ones). It is closed by a backfill that ran entirely after it with no new gap
   opening meanwhile. A new run starts with the gap since the last one plus every
   gap an earlier run left open, read back from the log.
-- The connection's history is data: ``Connected``, ``Disconnected`` (close code,
-  who closed, ``gap_since``) and ``BackfillCompleted`` (fills recovered,
+- The connection's history is data: ``Connected`` (``gap_since``: the gap still open
+  when it connected, so a run killed before healing it passes it on), ``Disconnected``
+  (close code, who closed, ``gap_since``) and ``BackfillCompleted`` (fills recovered,
   ``gap_healed``) events in the log.
 - ``run`` returns within seconds of ``stop`` being set: the reader is stopped,
   every frame already received is committed, a ``Disconnected`` is recorded,
@@ -504,6 +505,10 @@ class Follower:
                 url=opened.url,
                 pid=os.getpid(),
                 host=socket.gethostname(),
+                # The gap this connection's backfill must heal, in the log before any frame
+                # of the connection: if this run dies before healing it, the next run reads
+                # it back (the stream's watermark will have moved past its start by then).
+                gap_since=self._gap_since,
             )
         )
         log.info(

@@ -21,6 +21,7 @@ from ledger.events import (
     CONNECTION_TOPICS,
     FRAME_TOPICS,
     TOPIC_BACKFILL_COMPLETED,
+    TOPIC_CONNECTED,
     TOPIC_DISCONNECTED,
     split_state,
 )
@@ -157,8 +158,9 @@ def stream_watermark(services: LedgerServices, max_scan: int = 200_000) -> str |
 
 def open_gap_start(services: LedgerServices) -> str:
     """Where a new run's first backfill must reach back to: the oldest gap an earlier run
-    left unhealed (its ``Disconnected`` events after the last backfill that healed every
-    gap), and the gap since the last run (after the newest fill the stream delivered)."""
+    left unhealed (the ``gap_since`` of its ``Connected`` and ``Disconnected`` events after
+    the last backfill that healed every gap), and the gap since the last run (after the
+    newest fill the stream delivered)."""
     starts: list[str] = []
     db, after = services.db, 0
     while True:
@@ -167,7 +169,11 @@ def open_gap_start(services: LedgerServices) -> str:
             head, _ = split_state(note.state)
             if note.topic == TOPIC_BACKFILL_COMPLETED and head.get("gap_healed"):
                 starts = []
-            elif note.topic == TOPIC_DISCONNECTED and isinstance(head.get("gap_since"), str):
+            elif note.topic in (TOPIC_CONNECTED, TOPIC_DISCONNECTED) and isinstance(
+                head.get("gap_since"), str
+            ):
+                # A Connected carries the gap its run started with: a run killed before its
+                # backfill healed that gap leaves no Disconnected behind to say so.
                 starts.append(head["gap_since"])
         if len(page) < 1000:
             break

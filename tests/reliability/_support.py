@@ -150,6 +150,22 @@ class Probe:
         rows = self._query("SELECT count(*) FROM stored_events")
         return int(rows[0][0]) if rows else 0
 
+    def count_topics(self, *topics: str) -> int:
+        """Events in the log with any of these topics."""
+        mark = "%s" if self.pg else "?"
+        marks = ", ".join([mark] * len(topics))
+        rows = self._query(
+            f"SELECT count(*) FROM stored_events WHERE topic IN ({marks})", tuple(topics)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def balances(self) -> dict[str, dict[str, Any]]:
+        """The balances view: per asset its record (free, locked, expected_total, ...)."""
+        return {
+            str(asset): json.loads(record)
+            for asset, record in self._query("SELECT asset, record FROM ledger_balances")
+        }
+
     def close(self) -> None:
         if self._conn is not None:
             try:

@@ -140,6 +140,11 @@ class Database:
     #: The column that numbers the log (the eventsourcing recorder's notification id).
     _position_column: str
     url: DatabaseURL
+
+    def reopen(self) -> Database:
+        """A new, independent connection to the same database (for a forked child, which
+        must not use its parent's connections)."""
+        return type(self)(self.url)  # type: ignore[call-arg]
     recorder: Any
     tracking_recorder: Any
     tracking_table: str
@@ -184,6 +189,23 @@ class Database:
         with self.reading() as cur:
             cur.execute(sql, params)
             return [(int(pos), topic, bytes(state)) for pos, topic, state in cur.fetchall()]
+
+    def page_end(self, after: int, limit: int, stop: int | None = None) -> int | None:
+        """Where ``read_page(after, limit, stop)`` would end, without reading the events
+        (None for an empty page)."""
+        col = self._position_column
+        # bandit B608: the column name is a class constant; values are bound parameters.
+        sql = f"SELECT {col} AS p FROM stored_events WHERE {col} > ?"  # nosec B608
+        params: list[int] = [after]
+        if stop is not None:
+            sql += f" AND {col} <= ?"
+            params.append(stop)
+        sql += f" ORDER BY {col} LIMIT ?"
+        params.append(limit)
+        with self.reading() as cur:
+            cur.execute(f"SELECT MAX(p) FROM ({sql}) AS page", params)  # nosec B608
+            row = cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
 
     def head(self) -> int:
         """The log position of the newest event (0 for an empty log)."""

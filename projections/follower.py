@@ -17,18 +17,15 @@ of an import stops its projecting too.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
-import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
 from adapters.storage import open_database
+from projections.forking import FORK, parent_gone, start_child
 from projections.runner import Projector
 
 #: How often an idle follower looks for new events (it is also woken by ``finish``).
 POLL_S = 0.02
-_PR_SET_PDEATHSIG = 1
 
 
 class Follower:
@@ -40,17 +37,10 @@ class Follower:
     """
 
     def __init__(self, url: str) -> None:
-        context = multiprocessing.get_context("fork")
-        self._done = context.Event()
-        reader, writer = context.Pipe(duplex=False)
+        self._done = FORK.Event()
+        reader, writer = FORK.Pipe(duplex=False)
         self._errors = reader
-        self._process = context.Process(
-            target=_follow,
-            args=(url, self._done, writer, os.getpid()),
-            name="ledger-projector",
-            daemon=True,
-        )
-        self._process.start()
+        self._process = start_child("ledger-projector", _follow, url, self._done, writer)
         writer.close()
 
     def finish(self, timeout: float | None = None) -> str | None:
@@ -81,22 +71,7 @@ class Follower:
         self._errors.close()
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, so ``kill -9`` of an import
-    stops all of its work at once, as it would a single process. (Elsewhere the loop's
-    parent check ends an orphan after its current catch-up.)"""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request was made
-        os._exit(0)
-
-
-def _follow(url: str, done: Any, errors: Connection, parent: int) -> None:
-    _die_with_parent(parent)
-    # The parent's Ctrl-C is the parent's to handle; the child stops when told or orphaned.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _follow(parent: int, url: str, done: Any, errors: Connection) -> None:
     try:
         db = open_database(url)
         try:
@@ -104,7 +79,7 @@ def _follow(url: str, done: Any, errors: Connection, parent: int) -> None:
             while True:
                 last_call = done.is_set()
                 projector.catch_up()
-                if last_call or os.getppid() != parent:
+                if last_call or parent_gone(parent):
                     return
                 done.wait(POLL_S)
         finally:

@@ -28,8 +28,9 @@ from eventsourcing.persistence import IntegrityError
 from adapters.deltadefi.frames import parse as parse_frame
 from adapters.storage import Database, SqlCursor, SQLiteDatabase, parse_url
 from ledger.domain import Fill, ParsedFrame
-from ledger.events import FRAME_TOPICS, SCHEMA_VERSION, split_state
+from ledger.events import split_state
 from projections import views
+from projections.read_ahead import PageFrame, ReadAhead, ReadPage, read_frames
 from projections.state import (
     LedgerState,
     Tally,
@@ -42,9 +43,6 @@ from projections.state import (
 Parser = Callable[[bytes], ParsedFrame]
 Progress = Callable[[int, int], None]
 #: One event of a page: (log position, topic, stored state).
-Page = tuple[int, str, bytes]
-#: One frame of a page, read: (log position, stored header, raw bytes, parsed).
-PageFrame = tuple[int, bytes, bytes, ParsedFrame]
 
 #: Consecutive refusals of one page (no other projector advancing) before giving up.
 MAX_REFUSALS = 20
@@ -52,8 +50,8 @@ MAX_REFUSALS = 20
 PAGE_SIZE = 2000
 #: How long a catch-up waits for a database that went away (restarting, a cut connection).
 RETRY_WINDOW_S = 120.0
-#: How a header of the current schema ends (its keys are sorted and "v" is last).
-_CURRENT_HEADER_END = f'"v":{SCHEMA_VERSION}}}'.encode()
+#: A catch-up at least this many events behind reads and parses ahead in a second process.
+READ_AHEAD_MIN_EVENTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -79,8 +77,13 @@ class Projector:
         parse: Parser = parse_frame,
         window: Window = Window(),
         page_size: int = PAGE_SIZE,
+        read_ahead: bool = False,
     ) -> None:
+        """``read_ahead``: let long catch-ups parse in a second process (see
+        ``projections.read_ahead``); for one-off replays, not for a process that forks
+        children of its own."""
         self.log = log
+        self.read_ahead = read_ahead
         self.views_db = views_db or log
         self.parse = parse
         self.window = window
@@ -126,59 +129,81 @@ class Projector:
     def _catch_up(self, progress: Progress | None) -> int:
         state, position = self.load_at_position()
         head = self.window.stop if self.window.stop is not None else self.log.head()
+        ahead = self._read_ahead(position, head)
+        waiting: ReadPage | None = None  # the child's next page, once received
         refused = 0
-        while True:
-            page = self.log.read_page(position, self.page_size, stop=self.window.stop)
-            if not page:
-                return position
-            end = page[-1][0]
-            # Parsed before the write transaction opens: parsing is pure, and on SQLite the
-            # transaction holds the one write lock that the appender is waiting for.
-            frames = self._read_frames(page)
-            try:
-                with self.views_db.transaction() as cur:
-                    self.views_db.record_tracking(cur, views.PROJECTION_NAME, end)
-                    # The tracking row is locked now. If another projector moved the views on
-                    # since we loaded them (to a position short of this page's end, so the
-                    # tracking write alone did not fail), our state is stale: start again.
-                    if int(views.read_meta(cur).get("frames", "0")) != state.frames:
-                        raise IntegrityError("the views moved on since this projector loaded them")
-                    self._apply_page(cur, state, frames)
-            except IntegrityError:
-                # Another projector committed this page first: take its word and go on.
-                # A page refused again and again with no one advancing is a bug, not a race.
-                state, now_at = self.load_at_position()
-                advanced = now_at > position
-                position = now_at
-                refused = 0 if advanced else refused + 1
-                if refused > MAX_REFUSALS:
-                    raise
-                continue
-            refused = 0
-            position = end
-            if progress:
-                progress(position, max(head, position))
+        try:
+            while True:
+                if ahead and waiting is None:
+                    waiting = ahead.next()
+                if waiting is not None and waiting.after == position:
+                    end, frames = waiting.end, waiting.frames
+                    waiting = None
+                else:
+                    if waiting is None or waiting.after < position:
+                        # The child is done, failed, or out of step: read for ourselves.
+                        if ahead:
+                            ahead.close()
+                        ahead, waiting = None, None
+                    # Otherwise this is a page the child stepped over.
+                    events = self.log.read_page(position, self.page_size, stop=self.window.stop)
+                    if not events:
+                        return position
+                    # Parsed before the write transaction opens: parsing is pure, and on
+                    # SQLite the transaction holds the one write lock the appender waits for.
+                    end, frames = events[-1][0], read_frames(events, self.parse)
+                try:
+                    with self.views_db.transaction() as cur:
+                        self.views_db.record_tracking(cur, views.PROJECTION_NAME, end)
+                        # The tracking row is locked now. If another projector moved the views
+                        # on since we loaded them (to a position short of this page's end, so
+                        # the tracking write alone did not fail), our state is stale: start
+                        # again.
+                        if int(views.read_meta(cur).get("frames", "0")) != state.frames:
+                            raise IntegrityError(
+                                "the views moved on since this projector loaded them"
+                            )
+                        self._apply_page(cur, state, frames)
+                except IntegrityError:
+                    # Another projector committed this page first: take its word and go on.
+                    # A page refused again and again with no one advancing is a bug, not a
+                    # race.
+                    state, now_at = self.load_at_position()
+                    advanced = now_at > position
+                    position = now_at
+                    refused = 0 if advanced else refused + 1
+                    if refused > MAX_REFUSALS:
+                        raise
+                    continue
+                refused = 0
+                position = end
+                if progress:
+                    progress(position, max(head, position))
+        finally:
+            if ahead:
+                ahead.close()
+
+    def _read_ahead(self, position: int, head: int) -> ReadAhead | None:
+        """A child reading and parsing ahead, when there is enough log to be worth it."""
+        if not self.read_ahead or head - position < READ_AHEAD_MIN_EVENTS:
+            return None
+        return ReadAhead(
+            self.log, self.parse, after=position, page_size=self.page_size, stop=self.window.stop
+        )
 
     def rebuild(self, progress: Progress | None = None) -> LedgerState:
-        """Drop every projection and replay the whole log from zero."""
+        """Drop every projection and replay the whole log from zero (reading ahead in a
+        second process when the log is long)."""
         with self.views_db.transaction() as cur:
             views.clear(cur, self.views_db)
-        self.catch_up(progress)
+        read_ahead, self.read_ahead = self.read_ahead, True
+        try:
+            self.catch_up(progress)
+        finally:
+            self.read_ahead = read_ahead
         return self.load()
 
     # --- folding one page ----------------------------------------------------------
-
-    def _read_frames(self, page: Sequence[Page]) -> list[PageFrame]:
-        """The page's frames, each with its header and today's reading of its raw bytes."""
-        parse = self.parse
-        frames: list[PageFrame] = []
-        for position, topic, stored in page:
-            if topic in FRAME_TOPICS:
-                head, _, raw = stored.partition(b"\n")
-                if not head.endswith(_CURRENT_HEADER_END):
-                    _header(head)  # an older header is upcast; a newer one is refused here
-                frames.append((position, head, raw, parse(raw)))
-        return frames
 
     def _apply_page(self, cur: SqlCursor, state: LedgerState, frames: Sequence[PageFrame]) -> None:
         window = self.window
@@ -242,7 +267,9 @@ class Replay:
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="ledger-replay-")
         self.views_db = SQLiteDatabase(parse_url(str(Path(self._dir.name) / "replay.sqlite")))
-        self.projector = Projector(log, self.views_db, parse=parse, window=window)
+        self.projector = Projector(
+            log, self.views_db, parse=parse, window=window, read_ahead=True
+        )
 
     def run(self, progress: Progress | None = None) -> LedgerState:
         self.projector.catch_up(progress)

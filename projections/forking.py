@@ -1,0 +1,52 @@
+"""Helper processes forked by a projecting process, and tied to its life.
+
+The projections use a second CPU by forking: the child starts with the parent's code
+and parser already loaded (no interpreter start-up, no pickling of the parser), opens
+its own database connection, and talks back through a pipe. A child must never
+outlive its parent, or ``kill -9`` of a command would leave half of it running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from multiprocessing.context import ForkProcess
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+FORK = multiprocessing.get_context("fork")
+
+
+def start_child(name: str, target: Callable[..., None], *args: Any) -> ForkProcess:
+    """Fork a daemon child running ``target(parent_pid, *args)``; it dies with this process.
+
+    Fork before this process opens connections it will keep using, or at least never
+    use the inherited ones in the child: the child opens its own.
+    """
+    process = FORK.Process(
+        target=_run_tied, args=(os.getpid(), target, args), name=name, daemon=True
+    )
+    process.start()
+    return process
+
+
+def parent_gone(parent: int) -> bool:
+    return os.getppid() != parent
+
+
+def _run_tied(parent: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    # Linux SIGKILLs this child when its parent dies. Elsewhere a child checks
+    # ``parent_gone`` between units of work.
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_gone(parent):  # the parent died before the request was made
+        os._exit(0)
+    # The parent's Ctrl-C is the parent's to handle; the child stops when told or orphaned.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    target(parent, *args)

@@ -1,0 +1,193 @@
+"""Reading and parsing the log ahead of the fold, in a second process.
+
+A replay of a long log is two kinds of work: reading pages and parsing their frames
+(pure, and most of the time), and folding them into the state in log order (not
+divisible). ``ReadAhead`` forks a child that reads and parses two pages out of every
+three after a position, with the projector's own parser, handing each to the parent
+as it is ready; the parent reads and parses the third itself, and folds every page
+in order. (Handing the child every page would leave the parent idle: parsing and
+sending a page costs more than folding it.)
+
+What crosses the pipe is a page's parsed frames (fills, snapshot, rejection), their
+stored headers, and the raw bytes of rejected frames only (the fold keeps those; it
+never looks at an accepted frame's raw bytes again). A fill already sent with the same
+id and execution time is left out of later frames: cumulative execution records repeat
+every fill two or three times, and a repeat is a no-op in the fold (see ``_SentFills``). A pipe holds little, so the
+child is never more than a page or two ahead: memory stays bounded.
+
+The contract is the projector's, unchanged: a page from the child is exactly the
+page the parent would have read and parsed itself. Any doubt (the child failed, the
+parent's position moved under it) ends the read-ahead, and the parent carries on
+reading for itself from where it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from adapters.storage import Database
+from ledger.domain import ParsedFrame
+from ledger.events import FRAME_TOPICS, SCHEMA_VERSION, split_state
+from projections.forking import FORK, parent_gone, start_child
+
+Parser = Callable[[bytes], ParsedFrame]
+#: One event of a page: (log position, topic, stored state).
+Page = tuple[int, str, bytes]
+#: One frame of a page, read: (log position, stored header, raw bytes, parsed).
+PageFrame = tuple[int, bytes, bytes, ParsedFrame]
+
+#: How a header of the current schema ends (its keys are sorted and "v" is last).
+_CURRENT_HEADER_END = f'"v":{SCHEMA_VERSION}}}'.encode()
+
+
+def read_frames(page: Sequence[Page], parse: Parser) -> list[PageFrame]:
+    """The page's frames, each with its header and today's reading of its raw bytes.
+
+    Raises for a header of a schema newer than this code (an older one is upcast)."""
+    frames: list[PageFrame] = []
+    for position, topic, stored in page:
+        if topic in FRAME_TOPICS:
+            head, _, raw = stored.partition(b"\n")
+            if not head.endswith(_CURRENT_HEADER_END):
+                split_state(head)  # an older header is upcast; a newer one is refused here
+            frames.append((position, head, raw, parse(raw)))
+    return frames
+
+
+@dataclass(frozen=True)
+class ReadPage:
+    """A page read ahead: the events after ``after`` up to and including ``end``."""
+
+    after: int
+    end: int
+    frames: list[PageFrame]
+
+
+class ReadAhead:
+    """Pages of ``log`` after ``after`` (up to ``stop``) read and parsed by a child: the
+    first ``CHILD_PAGES`` of every ``CHILD_PAGES + 1``, each page starting where the page
+    before it ends.
+
+    ``next()`` returns the child's next page, or None when the child reached the log's
+    end as it found it, or failed (the caller then reads for itself). Close it when done.
+    """
+
+    def __init__(
+        self,
+        log: Database,
+        parse: Parser,
+        *,
+        after: int,
+        page_size: int,
+        stop: int | None,
+    ) -> None:
+        reader, writer = FORK.Pipe(duplex=False)
+        self._pages = reader
+        self._process = start_child(
+            "ledger-read-ahead", _read_ahead, log, parse, after, page_size, stop, writer
+        )
+        writer.close()
+        self._open = True
+
+    def next(self) -> ReadPage | None:
+        if not self._open:
+            return None
+        try:
+            item: Any = self._pages.recv()
+        except (EOFError, OSError):
+            item = None
+        if not isinstance(item, ReadPage):
+            self.close()
+            return None
+        return item
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._pages.close()
+
+
+#: Pages the child reads and parses for each one it leaves to the parent: the parent
+#: also folds every page, so it gets the smaller share of the parsing.
+CHILD_PAGES = 2
+
+#: Fills remembered as sent (cleared whole when full: forgetting only re-sends repeats).
+SENT_MEMORY = 100_000
+
+
+class _SentFills:
+    """Which fills this stream has sent, to leave their repeats out.
+
+    In the fold a fill is skipped when its id is already booked or it lies outside the
+    window, which is decided by its execution time alone. So once a fill with some id
+    and execution time has reached the fold, any later fill with that id and that time
+    is skipped whatever else it says: leaving it out changes nothing."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, str] = {}
+
+    def fresh(self, parsed: ParsedFrame) -> ParsedFrame:
+        sent = self._sent
+        if not parsed.fills:
+            return parsed
+        fresh = tuple(f for f in parsed.fills if sent.get(f.fill_id) != f.executed_at)
+        if len(sent) + len(fresh) > SENT_MEMORY:
+            sent.clear()
+        for fill in fresh:
+            sent[fill.fill_id] = fill.executed_at
+        if len(fresh) == len(parsed.fills):
+            return parsed
+        return dataclasses.replace(parsed, fills=fresh)
+
+
+def _read_ahead(
+    parent: int,
+    log: Database,
+    parse: Parser,
+    after: int,
+    page_size: int,
+    stop: int | None,
+    pages: Connection,
+) -> None:
+    # Never touch the parent's connections: a fork shares their sockets and file locks.
+    try:
+        db = log.reopen()
+    except Exception:
+        return  # the parent reads for itself
+    try:
+        sent_fills, sent = _SentFills(), 0
+        position = after
+        while not parent_gone(parent):
+            page = db.read_page(position, page_size, stop=stop)
+            if not page:
+                pages.send(None)
+                return
+            frames = [
+                (pos, head, raw if parsed.rejection is not None else b"", sent_fills.fresh(parsed))
+                for pos, head, raw, parsed in read_frames(page, parse)
+            ]
+            end = page[-1][0]
+            pages.send(ReadPage(position, end, frames))
+            position = end
+            sent += 1
+            if sent % CHILD_PAGES == 0:
+                # The next page is the parent's to read and parse: step over it.
+                skipped = db.page_end(end, page_size, stop=stop)
+                if skipped is None:
+                    pages.send(None)
+                    return
+                position = skipped
+    except Exception:  # the parent finds the pipe closed and reads (and fails) for itself
+        return
+    finally:
+        with contextlib.suppress(Exception):
+            db.close()

@@ -1,0 +1,121 @@
+"""Reading ahead: a replay whose pages are read and parsed by a second process ends in
+exactly the state of one that reads them itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import make_capture
+
+from adapters.deltadefi.frames import parse
+from adapters.storage import open_database
+from ledger.application import Ledger
+from ledger.domain import ParsedFrame
+from projections import read_ahead, runner
+from projections.runner import Projector, Replay, Window, fills_tally
+
+
+def _ingest(url: str, capture: Path) -> None:
+    db = open_database(url)
+    try:
+        lines = list(enumerate(capture.read_bytes().splitlines(), 1))
+        Ledger(db, parse).ingest_lines(lines, "session", batch_size=500)
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def counted_children(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Read ahead from the first event on, in small pages; count the children started."""
+    monkeypatch.setattr(runner, "READ_AHEAD_MIN_EVENTS", 1)
+    started: list[int] = []
+    real = read_ahead.start_child
+
+    def counting(*args: Any) -> Any:
+        process = real(*args)
+        started.append(process.pid)
+        return process
+
+    monkeypatch.setattr(read_ahead, "start_child", counting)
+    return started
+
+
+def test_a_rebuild_read_ahead_equals_one_read_in_process(
+    db_url: str, tmp_path: Path, counted_children: list[int]
+) -> None:
+    capture = tmp_path / "session.jsonl"
+    make_capture(capture, 3000, seed=11, malformed_rate=0.02)
+    _ingest(db_url, capture)
+    db = open_database(db_url)
+    try:
+        in_process = Projector(db, page_size=300)
+        expected = in_process.catch_up(), in_process.load().canonical(), fills_tally(db)
+        assert counted_children == []
+
+        ahead = Projector(db, page_size=300)
+        state = ahead.rebuild()
+        assert len(counted_children) == 1
+        assert (ahead.position, state.canonical(), fills_tally(db)) == expected
+        # Rejected frames kept their raw bytes through the pipe.
+        with db.reading() as cur:
+            cur.execute("SELECT COUNT(*), SUM(LENGTH(raw)) FROM ledger_rejects")
+            count, raw_bytes = cur.fetchone()
+        assert count > 0 and raw_bytes > 0
+    finally:
+        db.close()
+
+
+def test_a_windowed_replay_read_ahead_stops_where_it_is_told(
+    sqlite_url: str,
+    tmp_path: Path,
+    counted_children: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI's ``--as-of-seq`` path: a replay into a scratch database up to a position."""
+    capture = tmp_path / "session.jsonl"
+    make_capture(capture, 2000, seed=12)
+    _ingest(sqlite_url, capture)
+    db = open_database(sqlite_url)
+    try:
+        stop = db.head() // 2
+        with Replay(db, window=Window(stop=stop)) as replay:
+            replay.projector.page_size = 250
+            ahead = replay.run()
+            assert replay.projector.position == stop
+        assert len(counted_children) == 1
+        monkeypatch.setattr(runner, "READ_AHEAD_MIN_EVENTS", 10**12)
+        with Replay(db, window=Window(stop=stop)) as replay:
+            assert replay.run().state_hash() == ahead.state_hash()
+        assert len(counted_children) == 1
+    finally:
+        db.close()
+
+
+def test_a_failing_child_hands_the_work_back_to_the_parent(
+    sqlite_url: str, tmp_path: Path, counted_children: list[int]
+) -> None:
+    capture = tmp_path / "session.jsonl"
+    make_capture(capture, 1500, seed=13)
+    _ingest(sqlite_url, capture)
+    parent = os.getpid()
+    calls = {"n": 0}
+
+    def parse_failing_in_the_child(raw: bytes) -> ParsedFrame:
+        if os.getpid() != parent:
+            calls["n"] += 1
+            if calls["n"] > 400:  # a page or so in, the child breaks down
+                raise RuntimeError("the child's parser broke")
+        return parse(raw)
+
+    db = open_database(sqlite_url)
+    try:
+        expected = Projector(db).rebuild().state_hash()
+        broken = Projector(db, parse=parse_failing_in_the_child, page_size=200)
+        assert broken.rebuild().state_hash() == expected
+        assert broken.position == db.head()
+        assert len(counted_children) == 2  # each rebuild read ahead
+    finally:
+        db.close()

@@ -616,8 +616,6 @@ class Follower:
         cleared = self._gaps == gaps
         if cleared:
             self._gap_since = None  # healed, and no new gap opened meanwhile
-        if report.fills_recovered:
-            self.stats.gaps_healed += 1
         await self._record(
             self._event(
                 TOPIC_BACKFILL_COMPLETED,
@@ -633,6 +631,10 @@ class Follower:
                 seconds=report.seconds,
             )
         )
+        # Counted once its event is in the log, so the stats never claim a heal that
+        # `ledger status` cannot see (a stop can cancel the append above).
+        if report.fills_recovered:
+            self.stats.gaps_healed += 1
         self.last_heal = report
         log.info(
             "heal.completed",

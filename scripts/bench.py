@@ -19,7 +19,14 @@ verbatim repeats, a few malformed frames) and measures, each as the median of
   average-cost fold of the new fills;
 - the baseline: the replaced design (aiosqlite, REAL columns, three commits per
   fill) on the capture's first fills, in WAL and in SQLite's default journal mode;
-- scaling: the exponent of time against size (a least-squares fit on log–log).
+- scaling: the exponent of time against size (a least-squares fit on log–log);
+- live (``--no-live`` skips it, ``--live-only`` runs only it): the local exchange sends
+  a session's frames on its account websocket at 200 and 2,000 frames/s for
+  ``--live-seconds``, stamping each send; ``ledger run``'s follower, in a process of its
+  own on a fresh store, stamps the moment each frame is committed durably and
+  projected (its listeners run only then); latency p50/p99/max, frames booked against
+  sent, frames in flight half-way and at the end; and the floor, one durable commit of
+  one frame into a plain table at 200 frames/s.
 
 Ratios are project / baseline and project / ceiling on the same frames. Nothing
 here asserts a speed: the figures are for reading (``docs/performance.md``).
@@ -536,19 +543,334 @@ def bench_baseline(workdir: Path, capture: Path, fills: int, runs: int) -> dict[
 
 # --- the live path --------------------------------------------------------------------
 
+#: Rates (frames/s) of the live section: the issue's sustained and burst rates.
+LIVE_RATES = (200, 2000)
+#: Latency targets of issue 5 (p99, seconds) per store at the sustained rate, and for the burst.
+LIVE_P99_TARGET = {"sqlite": 0.005, "postgresql": 0.010}
+LIVE_BURST_P99_TARGET = 0.050
+LIVE_RUN_SLACK_S = 60.0
 
-def live_status() -> dict[str, Any]:
-    """Live latency needs the websocket follower and the local exchange (issue 5, item 3)."""
-    needed = [REPO / "adapters/deltadefi/stream.py", REPO / "scripts/fake_exchange.py"]
-    missing = [str(p.relative_to(REPO)) for p in needed if not p.exists()]
-    if missing:
-        return {"measured": False, "reason": f"not measured yet: {', '.join(missing)} missing"}
+
+def _live_follower(argv: list[str]) -> int:
+    """The ledger side of one live measurement, in its own process (``--live-follower``).
+
+    Follows the local exchange exactly as ``ledger run`` does (real websocket, real store,
+    the connect-time REST backfill) and stamps, with the system-wide monotonic clock, the
+    moment each websocket frame is committed AND projected: the follower's listeners run
+    after ``LiveLedger.append`` has returned, i.e. after the durable commit and the
+    projection catch-up. Stops after ``expected`` websocket frames (or ``timeout`` s)
+    and writes the stamps, in arrival order, as JSON.
+    """
+    url, ws_url, key, expected_s, timeout_s, out = argv
+    expected, timeout = int(expected_s), float(timeout_s)
+
+    from ledger.application import AppendReport, IncomingFrame
+    from ledger.bootstrap import open_ledger
+    from ledger.live import SOURCE_WS, Follower
+    from ledger.live_bootstrap import LiveConfig, follow_account
+    from ledger.logging import configure_logging
+
+    configure_logging("warning")
+    visible: list[float] = []
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        services = open_ledger(url)
+        stop = asyncio.Event()
+
+        def booked(frames: Any, report: AppendReport) -> None:
+            now = time.monotonic()
+            visible.extend(
+                now for f in frames if isinstance(f, IncomingFrame) and f.source == SOURCE_WS
+            )
+            if len(visible) >= expected:
+                stop.set()
+
+        def started(follower: Follower) -> None:
+            holder["follower"] = follower
+            follower.listeners.append(booked)
+
+        config = LiveConfig(
+            api_key=key,
+            ws_url=ws_url,
+            rest_url=ws_url.replace("ws://", "http://", 1),
+            rest_min_interval=0.0,
+            heal_interval=3600.0,  # one backfill at connect, as every run starts with
+        )
+        try:
+            await follow_account(services, config, duration=timeout, stop=stop, started=started)
+        finally:
+            services.close()
+
+    profile = os.environ.get("BENCH_LIVE_PROFILE")
+    if profile:
+        # A diagnostic aid: the follower's whole run under cProfile, stats written here.
+        import cProfile
+
+        cProfile.runctx(
+            "asyncio.run(main())", globals(), {"main": main, "asyncio": asyncio}, profile
+        )
+    else:
+        asyncio.run(main())
+    stats = holder["follower"].stats
+    Path(out).write_text(
+        json.dumps(
+            {
+                "visible": visible,
+                "appended": stats.appended,
+                "already_ingested": stats.already_ingested,
+                "fills_new": stats.fills_new,
+                "uncommitted": stats.uncommitted,
+                "connects": stats.connects,
+            }
+        )
+    )
+    return 0
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank percentile (q in 0..1) of an ascending list."""
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def backlog_at(sent: list[float], visible: list[float], t: float) -> int:
+    """Frames sent by ``t`` and not yet visible at ``t`` (both lists ascending)."""
+    import bisect
+
+    return bisect.bisect_right(sent, t) - bisect.bisect_right(visible, t)
+
+
+def live_figures(sent: list[float], visible: list[float]) -> dict[str, Any]:
+    """Per-frame latency (the k-th frame sent is the k-th booked: one connection, in order)."""
+    n = min(len(sent), len(visible))
+    latencies = sorted(visible[k] - sent[k] for k in range(n))
+    first, last = sent[0], sent[-1]
+    middle = first + (last - first) / 2
+    tenth = max(1, n // 10)
     return {
-        "measured": False,
-        "reason": "not measured yet: the local exchange and the websocket follower exist, but "
-        "this benchmark has no probe yet that times each sent frame to the commit of its "
-        "projection",
+        "sent": len(sent),
+        "booked": len(visible),
+        "p50_ms": percentile(latencies, 0.50) * 1e3,
+        "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "max_ms": latencies[-1] * 1e3,
+        "achieved_rate": (len(sent) - 1) / (last - first) if last > first else 0.0,
+        # Frames in flight (sent, not yet visible) half-way and at the last send: a backlog
+        # that grows shows up as end >> middle, and as a later tenth slower than an earlier one.
+        "backlog_middle": backlog_at(sent, visible, middle),
+        "backlog_end": backlog_at(sent, visible, last),
+        "p50_ms_second_tenth": statistics.median(
+            visible[k] - sent[k] for k in range(tenth, min(n, 2 * tenth))
+        )
+        * 1e3,
+        "p50_ms_last_tenth": statistics.median(visible[k] - sent[k] for k in range(n - tenth, n))
+        * 1e3,
     }
+
+
+class _PreparedSource:
+    """The session's frames generated before the clock starts, so that making them does not
+    take CPU from the measurement (the exchange still books each one as it sends it)."""
+
+    def __init__(self, frames: int, seed: int) -> None:
+        from adapters.deltadefi.exchange import SessionSource
+
+        self._session = SessionSource(frames, seed=seed)
+        self._frames = list(self._session.frames())
+
+    def frames(self) -> Iterator[str | bytes]:
+        return iter(self._frames)
+
+    def balances(self) -> list[dict[str, Any]] | None:
+        return self._session.balances()
+
+    def symbols(self) -> list[str]:
+        return self._session.symbols()
+
+
+async def _live_once(
+    url: str, rate: int, seconds: float, seed: int, out: Path
+) -> tuple[list[float], dict[str, Any]]:
+    from adapters.deltadefi.exchange import LocalExchange
+
+    frames = max(2, int(rate * seconds))
+    key = "ddk_bench_" + uuid.uuid4().hex
+    sent: list[float] = []
+    # The stamp is taken right before each send, on the exchange's side; the frames go out
+    # as the session generated them.
+    exchange = LocalExchange(
+        _PreparedSource(frames, seed),
+        key,
+        rate=float(rate),
+        on_send=lambda _index: sent.append(time.monotonic()),
+    )
+    await exchange.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "DELTADEFI_"))}
+    timeout = seconds * 3 + LIVE_RUN_SLACK_S
+    try:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--live-follower",
+            url,
+            exchange.ws_url,
+            key,
+            str(frames),
+            str(timeout),
+            str(out),
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(child.communicate(), timeout + 30)
+        if child.returncode != 0:
+            raise RuntimeError(f"live follower failed: {stderr.decode()[-800:]}")
+    finally:
+        await exchange.stop()
+    report = json.loads(out.read_text())
+    out.unlink()
+    if exchange.stats.repeats or exchange.stats.drops or report["connects"] != 1:
+        # The k-th frame sent is paired with the k-th booked: one connection, in order.
+        raise RuntimeError("the live measurement needs one connection without faults")
+    return sent, report
+
+
+def _paced(frames: list[bytes], rate: float, commit: Callable[[bytes], None]) -> list[float]:
+    """``commit(frame)`` for each frame at ``rate`` frames/s; each one's seconds."""
+    latencies: list[float] = []
+    start = time.monotonic()
+    for index, raw in enumerate(frames):
+        delay = start + index / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        began = time.monotonic()
+        commit(raw)
+        latencies.append(time.monotonic() - began)
+    return latencies
+
+
+def live_floor(stores: Stores, kind: str, rate: float, count: int, seed: int) -> dict[str, Any]:
+    """The floor under the live latency: ONE durable commit of one frame text into a plain
+    table (sqlite3 WAL ``synchronous=FULL``; psycopg, ``synchronous_commit=on``) at the
+    sustained rate, nothing else. The ledger commits at least once per batch (the frame and
+    its claims), and its projection once more."""
+    from adapters.deltadefi.session import Session
+
+    frames = [
+        raw.encode() if isinstance(raw, str) else raw
+        for raw in Session(seed, snapshot_every=25).frames(count)
+    ]
+    if kind == "sqlite":
+        path = stores.workdir / f"floor-{uuid.uuid4().hex[:8]}.sqlite"
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("CREATE TABLE frames (id INTEGER PRIMARY KEY, raw BLOB NOT NULL)")
+
+            def commit(raw: bytes) -> None:
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO frames (raw) VALUES (?)", (raw,))
+                conn.execute("COMMIT")
+
+            latencies = _paced(frames, rate, commit)
+        finally:
+            conn.close()
+            stores.drop(str(path))
+    else:
+        import psycopg
+
+        url = stores.fresh(kind)
+        try:
+            with psycopg.connect(url) as pg:
+                pg.execute("CREATE TABLE frames (id BIGSERIAL PRIMARY KEY, raw BYTEA NOT NULL)")
+                pg.commit()
+
+                def commit(raw: bytes) -> None:
+                    pg.execute("INSERT INTO frames (raw) VALUES (%s)", (raw,))
+                    pg.commit()
+
+                latencies = _paced(frames, rate, commit)
+        finally:
+            stores.drop(url)
+    ordered = sorted(latencies)
+    return {
+        "p50_ms": percentile(ordered, 0.50) * 1e3,
+        "p99_ms": percentile(ordered, 0.99) * 1e3,
+        "max_ms": ordered[-1] * 1e3,
+    }
+
+
+def bench_live(
+    stores: Stores, rates: list[int], seconds: float, runs: int, seed: int
+) -> dict[str, Any]:
+    """Each store at each rate, ``runs`` times; medians (min–max) of each run's figures."""
+    out: dict[str, Any] = {"measured": True, "seconds": seconds, "rates": rates, "stores": {}}
+    for kind in stores.kinds():
+        per_rate: dict[str, Any] = {}
+        for rate in rates:
+            samples: list[dict[str, Any]] = []
+            for _ in range(runs):
+                url = stores.fresh(kind)
+                try:
+                    sent, report = asyncio.run(
+                        _live_once(url, rate, seconds, seed, stores.workdir / "live-stamps.json")
+                    )
+                finally:
+                    stores.drop(url)
+                figures = live_figures(sent, report["visible"])
+                figures["uncommitted"] = report["uncommitted"]
+                figures["connects"] = report["connects"]
+                samples.append(figures)
+            stat_keys = [k for k, v in samples[0].items() if isinstance(v, float)]
+            entry: dict[str, Any] = {k: summary([s[k] for s in samples]) for k in stat_keys}
+            entry["sent"] = [s["sent"] for s in samples]
+            entry["booked"] = [s["booked"] for s in samples]
+            entry["backlog_middle"] = [s["backlog_middle"] for s in samples]
+            entry["backlog_end"] = [s["backlog_end"] for s in samples]
+            entry["every_frame_booked"] = all(
+                s["booked"] == s["sent"] and not s["uncommitted"] for s in samples
+            )
+            if rate == min(rates):
+                floors = [
+                    live_floor(stores, kind, rate, max(2, int(rate * seconds)), seed)
+                    for _ in range(runs)
+                ]
+                entry["floor"] = {k: summary([f[k] for f in floors]) for k in floors[0]}
+            per_rate[str(rate)] = entry
+            log(
+                f"  live {kind} {rate}/s: p50 {entry['p50_ms']['median']:.1f} ms, "
+                f"p99 {entry['p99_ms']['median']:.1f} ms, max {entry['max_ms']['median']:.1f} ms, "
+                f"booked {entry['booked']} of {entry['sent']}, "
+                f"backlog middle {entry['backlog_middle']} end {entry['backlog_end']}"
+            )
+        out["stores"][kind] = per_rate
+    return out
+
+
+def live_verdicts(live: dict[str, Any]) -> dict[str, Any]:
+    """Issue 5's live targets against the medians: sustained p99 per store, burst p99 and
+    no growing backlog (the last tenth's median latency within the burst target of the
+    second tenth's)."""
+    verdicts: dict[str, Any] = {}
+    for kind, per_rate in live["stores"].items():
+        for rate, entry in per_rate.items():
+            p99 = entry["p99_ms"]["median"] / 1e3
+            target = LIVE_P99_TARGET[kind] if int(rate) < 1000 else LIVE_BURST_P99_TARGET
+            growth = (
+                entry["p50_ms_last_tenth"]["median"] - entry["p50_ms_second_tenth"]["median"]
+            ) / 1e3
+            verdicts[f"{kind}_{rate}"] = {
+                "p99_target_ms": target * 1e3,
+                "p99_met": p99 <= target,
+                "keeps_up": entry["every_frame_booked"] and growth <= LIVE_BURST_P99_TARGET,
+            }
+    return verdicts
+
+
+def live_status(reason: str) -> dict[str, Any]:
+    return {"measured": False, "reason": reason}
 
 
 # --- putting it together ----------------------------------------------------------------
@@ -623,7 +945,7 @@ def runs_for(args: argparse.Namespace, frames: int) -> int:
 def run(
     args: argparse.Namespace, on_size: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    sizes = sorted({int(s) for s in args.frames.split(",")})
+    sizes = sorted({int(s) for s in args.frames.split(",") if s.strip()})
     pg_server = None if args.no_postgres else args.pg_server
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ledger-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -678,6 +1000,15 @@ def run(
             capture.unlink()
             if on_size:
                 on_size(result)
+        if args.live:
+            rates = [int(r) for r in args.live_rates.split(",")]
+            live = bench_live(stores, rates, args.live_seconds, args.runs, args.seed)
+            live["verdicts"] = live_verdicts(live)
+            result["live"] = live
+            if on_size:
+                on_size(result)
+        else:
+            result["live"] = live_status("not measured in this run (--no-live)")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -688,7 +1019,7 @@ def finish(result: dict[str, Any]) -> dict[str, Any]:
     """The figures that span sizes, from the sizes measured so far."""
     sizes = [int(s) for s in result["sizes"]]
     result["scaling"] = scaling(result, sizes) if sizes else {}
-    result["live"] = live_status()
+    result.setdefault("live", live_status("not measured yet (the run was cut short)"))
     result["load_average_at_end"] = os.getloadavg()
     return result
 
@@ -736,9 +1067,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {result['machine']['cpus']} CPUs, Python {result['machine']['python']}, "
         f"SQLite {result['machine']['sqlite']}; load average at the start {'/'.join(load)}.",
         "",
-        head,
-        rule,
     ]
+    if not sizes:
+        return "\n".join(lines + markdown_live(result["live"])) + "\n"
+    lines += [head, rule]
 
     def row(label: str, get: Callable[[dict[str, Any]], str]) -> None:
         cells = []
@@ -844,9 +1176,48 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Same state hash on every store and every run: {'yes' if same else 'NO'}.",
         "",
-        f"Live latency: {result['live']['reason']}.",
+        *markdown_live(result["live"]),
     ]
     return "\n".join(lines) + "\n"
+
+
+def markdown_live(live: dict[str, Any]) -> list[str]:
+    """The live section: one row per store and rate, medians (min–max) over the runs."""
+    if not live.get("measured"):
+        return [f"Live latency: {live['reason']}."]
+    lines = [
+        f"Live latency, frame sent by the local exchange → committed (durable) and projected, "
+        f"{live['seconds']:g} s of sending at each rate; milliseconds, median of the runs "
+        "(min–max). The floor: one durable commit of one frame into a plain table, at the "
+        "sustained rate, nothing else.",
+        "",
+        "| store, rate | p50 ms | p99 ms | max ms | booked / sent | in flight: middle, end "
+        "| p50 ms: 2nd tenth, last tenth | target p99 | met? |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+    for kind, per_rate in live["stores"].items():
+        for rate, e in per_rate.items():
+            verdict = live["verdicts"][f"{kind}_{rate}"]
+            met = verdict["p99_met"] and verdict["keeps_up"]
+            booked = ", ".join(f"{b:,}/{n:,}" for b, n in zip(e["booked"], e["sent"], strict=True))
+            backlog = ", ".join(
+                f"{m}→{z}" for m, z in zip(e["backlog_middle"], e["backlog_end"], strict=True)
+            )
+            lines.append(
+                f"| {names[kind]}, {int(rate):,}/s | {_cell(e['p50_ms'], 1)} | {_cell(e['p99_ms'], 1)}"
+                f" | {_cell(e['max_ms'], 1)} | {booked} | {backlog}"
+                f" | {e['p50_ms_second_tenth']['median']:.1f}, {e['p50_ms_last_tenth']['median']:.1f}"
+                f" | ≤ {verdict['p99_target_ms']:g} | {'yes' if met else 'no'} |"
+            )
+            floor = e.get("floor")
+            if floor:
+                lines.append(
+                    f"| floor: one durable commit, {names[kind]}, {int(rate):,}/s"
+                    f" | {_cell(floor['p50_ms'], 1)} | {_cell(floor['p99_ms'], 1)}"
+                    f" | {_cell(floor['max_ms'], 1)} | | | | | |"
+                )
+    return lines
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -900,6 +1271,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--live-follower"]:
+        return _live_follower(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", default="20000", help="sizes, comma separated")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median, min–max)")
@@ -918,7 +1292,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_path", help="write the JSON result here ('-': stdout)")
     parser.add_argument("--markdown", help="write the markdown tables here")
     parser.add_argument("--plot", help="write the time-against-size PNG here")
+    parser.add_argument(
+        "--no-live", dest="live", action="store_false", help="skip the live-latency section"
+    )
+    parser.add_argument(
+        "--live-only", action="store_true", help="only the live-latency section (no sizes)"
+    )
+    parser.add_argument(
+        "--live-rates", default=",".join(map(str, LIVE_RATES)), help="frames/s, comma separated"
+    )
+    parser.add_argument(
+        "--live-seconds", type=float, default=10.0, help="seconds of sending at each rate"
+    )
     args = parser.parse_args(argv)
+    if args.live_only:
+        args.frames = ""
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 

@@ -1,4 +1,5 @@
-"""The benchmark still runs: ``scripts/bench.py`` at 2,000 frames, one run, both stores.
+"""The benchmark still runs: ``scripts/bench.py`` at 2,000 frames, one run, both stores,
+and its live section for one second at each rate.
 
 No timing is asserted (speed targets live in the benchmark's own output, never in
 tests). What is asserted: the command succeeds, its JSON has every section issue 5
@@ -72,6 +73,8 @@ def test_bench_runs_at_2000_frames(tmp_path: Path, pg_server: str) -> None:
             str(out_md),
             "--plot",
             str(out_png),
+            "--live-seconds",
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -106,9 +109,30 @@ def test_bench_runs_at_2000_frames(tmp_path: Path, pg_server: str) -> None:
         "import_postgresql",
         "rebuild_postgresql",
     }  # one size: no exponent to fit, but every series is named
-    assert isinstance(result["live"]["measured"], bool) and result["live"]["reason"]
+    live = result["live"]
+    assert live["measured"] is True and live["rates"] == [200, 2000]
+    assert set(live["stores"]) == {"sqlite", "postgresql"}
+    for kind, per_rate in live["stores"].items():
+        assert set(per_rate) == {"200", "2000"}
+        for rate, entry in per_rate.items():
+            where = f"live.{kind}.{rate}"
+            # One second of sending at the rate, every frame booked (no speed is asserted).
+            assert entry["sent"] == [int(rate)] and entry["booked"] == entry["sent"], where
+            assert entry["every_frame_booked"] is True, where
+            for figure in ("p50_ms", "p99_ms", "max_ms"):
+                _positive_stat(entry[figure], f"{where}.{figure}")
+            assert (
+                entry["p50_ms"]["median"] <= entry["p99_ms"]["median"] <= entry["max_ms"]["median"]
+            )
+            assert set(live["verdicts"][f"{kind}_{rate}"]) == {
+                "p99_target_ms",
+                "p99_met",
+                "keeps_up",
+            }
+        _positive_stat(per_rate["200"]["floor"]["p99_ms"], f"live.{kind}.floor")
 
     table = out_md.read_text()
     assert "| import, SQLite: frames/s |" in table and "ceiling (b)" in table
+    assert "| SQLite, 200/s |" in table and "| PostgreSQL, 2,000/s |" in table
     assert out_png.read_bytes().startswith(b"\x89PNG")
     assert proc.stdout == table  # the markdown is also what the command prints

@@ -272,6 +272,7 @@ class LocalExchange:
         start_on_connect: bool = True,
         keep_frames: bool = False,
         list_oldest_first: bool = False,
+        on_send: Callable[[int], object] | None = None,
     ) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the local exchange only listens on loopback")
@@ -283,6 +284,9 @@ class LocalExchange:
         self.port = port
         self.start_on_connect = start_on_connect
         self.list_oldest_first = list_oldest_first
+        #: Called with a frame's index right before each websocket send (the benchmark
+        #: stamps send times with it, so the frames themselves stay as the session made them).
+        self.on_send = on_send
         self.book = ExchangeBook()
         self.stats = ExchangeStats()
         #: Every frame generated, in order (when ``keep_frames``): the lossless session.
@@ -399,6 +403,8 @@ class LocalExchange:
                 index, raw = await client.queue.get()
                 if index < 0:
                     return  # the connection closed while waiting for a frame
+                if self.on_send is not None:
+                    self.on_send(index)
                 await ws.send(raw)
                 self.stats.sent += 1
                 if index == last_index:

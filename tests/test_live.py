@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from live_helpers import (
+    FAST,
     LEDGER,
     balances,
     booked_fills,
@@ -44,6 +45,8 @@ from adapters.deltadefi.exchange import Faults
 from adapters.deltadefi.rest import RestClient, RetryPolicy
 from ledger.bootstrap import open_ledger
 from ledger.cli import app
+from ledger.live import Follower, FollowStats
+from ledger.live_bootstrap import LiveConfig, follow_account
 from ledger.live_ports import AuthenticationError, SourceUnavailable
 from projections import reports
 from projections.runner import verify
@@ -605,3 +608,55 @@ def test_gaps_a_run_could_not_heal_are_healed_by_the_next_run(tmp_path: Path) ->
     assert second.frames_ws == 0  # the session was over: every missing fill came from REST
     assert_matches_exchange(db, want)
     assert len(booked_fills(db)) > booked_by_first
+
+
+def test_listeners_hear_of_each_batch_in_order_once_it_is_durable_and_projected(
+    db_url: str,
+) -> None:
+    """On PostgreSQL the next batch is appended while the last one is projected: the
+    listeners must still hear of every batch once, in commit order, and only when a
+    separate reader already sees it in the log and in the projections."""
+    key = new_key()
+    reader = open_ledger(db_url)
+    # (batch's log position, its websocket frames, log head, projections' position) when heard
+    heard: list[tuple[int, int, int, int]] = []
+
+    def listener(frames: Any, report: Any) -> None:
+        ws = sum(1 for f in frames if f.source == "ws")
+        heard.append((report.log_position, ws, reader.db.head(), reader.projector.position))
+
+    def started(follower: Follower) -> None:
+        follower.listeners.append(listener)
+
+    try:
+        with local_exchange(key, frames=400, seed=5, rate=2000) as ex:
+            config = LiveConfig(api_key=key, ws_url=ex.ws_url, rest_url=ex.rest_url, **FAST)
+
+            async def main() -> FollowStats:
+                services = open_ledger(db_url)
+                stop = asyncio.Event()
+                task = asyncio.create_task(
+                    follow_account(services, config, stop=stop, started=started)
+                )
+                try:
+                    await asyncio.to_thread(ex.wait_finished, 30)
+                    deadline = time.monotonic() + 30
+                    while sum(n for _, n, _, _ in heard) < 400 and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                finally:
+                    stop.set()
+                try:
+                    return await task
+                finally:
+                    services.close()
+
+            stats = asyncio.run(main())
+    finally:
+        reader.close()
+    assert stats.frames_ws == 400
+    assert sum(n for _, n, _, _ in heard) == 400  # each websocket frame's batch, once
+    positions = [p for p, *_ in heard]
+    assert positions == sorted(positions), "listeners heard of batches out of commit order"
+    for position, _, head, views in heard:
+        assert head >= position, "a listener heard of a batch before its commit"
+        assert views >= position, "a listener heard of a batch before the projections had it"

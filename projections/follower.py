@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from adapters.storage import open_database
-from projections.forking import FORK, parent_gone, start_child
+from projections.forking import FORK, can_fork, parent_gone, start_child
 from projections.runner import Projector
 
 #: How often an idle follower looks for new events (it is also woken by ``finish``).
@@ -40,11 +40,23 @@ class Follower:
         self._done = FORK.Event()
         reader, writer = FORK.Pipe(duplex=False)
         self._errors = reader
-        self._process = start_child("ledger-projector", _follow, url, self._done, writer)
+        #: None when this process may not fork (see ``can_fork``): the caller's own final
+        #: catch-up then does all the projecting.
+        self._process = (
+            start_child("ledger-projector", _follow, url, self._done, writer)
+            if can_fork()
+            else None
+        )
         writer.close()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
 
     def finish(self, timeout: float | None = None) -> str | None:
         """Tell the child the log is complete and wait for it; the child's error, if any."""
+        if self._process is None:
+            return None
         self._done.set()
         self._process.join(timeout)
         if self._process.is_alive():
@@ -59,6 +71,8 @@ class Follower:
 
     def stop(self) -> None:
         """End the child now (its uncommitted page is simply redone by the next catch-up)."""
+        if self._process is None:
+            return
         if self._process.is_alive():
             self._process.kill()
         self._process.join()

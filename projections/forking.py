@@ -12,6 +12,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable
 from multiprocessing.context import ForkProcess
 from typing import Any
@@ -21,12 +22,23 @@ _PR_SET_PDEATHSIG = 1
 FORK = multiprocessing.get_context("fork")
 
 
+def can_fork() -> bool:
+    """True while this process runs a single thread. A fork copies only the calling
+    thread: a lock another thread held at that moment (logging's, the import lock, a
+    connection pool's) stays locked forever in the child. With threads about (a
+    PostgreSQL connection pool's workers, an event loop's executor, a test's local
+    exchange) the work is done in this process instead."""
+    return threading.active_count() == 1
+
+
 def start_child(name: str, target: Callable[..., None], *args: Any) -> ForkProcess:
     """Fork a daemon child running ``target(parent_pid, *args)``; it dies with this process.
 
-    Fork before this process opens connections it will keep using, or at least never
-    use the inherited ones in the child: the child opens its own.
+    Only when ``can_fork()``. Fork before this process opens connections it will keep
+    using, or at least never use the inherited ones in the child: the child opens its own.
     """
+    if not can_fork():
+        raise RuntimeError("refusing to fork a process that runs several threads")
     process = FORK.Process(
         target=_run_tied, args=(os.getpid(), target, args), name=name, daemon=True
     )

@@ -30,6 +30,7 @@ from adapters.storage import Database, SqlCursor, SQLiteDatabase, parse_url
 from ledger.domain import Fill, ParsedFrame
 from ledger.events import split_state
 from projections import views
+from projections.forking import can_fork
 from projections.read_ahead import PageFrame, ReadAhead, ReadPage, read_frames
 from projections.state import (
     LedgerState,
@@ -185,7 +186,7 @@ class Projector:
 
     def _read_ahead(self, position: int, head: int) -> ReadAhead | None:
         """A child reading and parsing ahead, when there is enough log to be worth it."""
-        if not self.read_ahead or head - position < READ_AHEAD_MIN_EVENTS:
+        if not self.read_ahead or head - position < READ_AHEAD_MIN_EVENTS or not can_fork():
             return None
         return ReadAhead(
             self.log, self.parse, after=position, page_size=self.page_size, stop=self.window.stop

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -83,3 +84,29 @@ def test_the_follower_of_a_killed_import_exits_and_the_rerun_converges(
     assert not _alive(follower_pid), "the orphaned projector is still running"
     ok(run_ledger(sqlite_url, "ingest", str(capture), "--json"))
     assert '"ok": true' in ok(run_ledger(sqlite_url, "verify", "--json"))
+
+
+def test_a_process_running_threads_projects_in_process(sqlite_url: str, tmp_path: Path) -> None:
+    """A fork copies one thread: a lock held by another would stay locked in the child
+    for ever. With a second thread running, no child is started and the caller's own
+    catch-up does the projecting."""
+    capture = tmp_path / "session.jsonl"
+    make_capture(capture, 300, seed=4)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        with Follower(sqlite_url) as follower:
+            assert not follower.running
+            db = open_database(sqlite_url)
+            try:
+                Ledger(db, parse).ingest_lines(_lines(capture), "session")
+                assert follower.finish(timeout=10) is None
+                projector = Projector(db)
+                assert projector.position == 0  # nobody projected yet
+                assert projector.catch_up() == db.head()
+            finally:
+                db.close()
+    finally:
+        stop.set()
+        other.join()

@@ -57,7 +57,9 @@ def test_a_rebuild_read_ahead_equals_one_read_in_process(
 
         ahead = Projector(db, page_size=300)
         state = ahead.rebuild()
-        assert len(counted_children) == 1
+        # A PostgreSQL connection pool runs worker threads, and a process with threads
+        # is never forked (projections.forking.can_fork): there the rebuild reads alone.
+        assert len(counted_children) == (1 if db.kind == "sqlite" else 0)
         assert (ahead.position, state.canonical(), fills_tally(db)) == expected
         # Rejected frames kept their raw bytes through the pipe.
         with db.reading() as cur:

@@ -212,7 +212,14 @@ class Database:
         return int(self.recorder.max_notification_id() or 0)
 
     @contextmanager
-    def transaction(self) -> Iterator[SqlCursor]:
+    def transaction(self, *, durable: bool = True) -> Iterator[SqlCursor]:
+        """One read-write transaction, committed at the end of the block.
+
+        ``durable=False`` is for what the log can rebuild (the projections): the commit
+        is just as atomic and visible, and survives the process being killed, but it
+        does not wait for the disk, so a power cut may take it back. The projector's
+        tracking position is in the same transaction, so it is then simply redone.
+        """
         raise NotImplementedError
         yield  # pragma: no cover
 
@@ -282,7 +289,8 @@ class SQLiteDatabase(Database):
         self.datastore = SQLiteDatastore(
             str(path), lock_timeout=SQLITE_LOCK_TIMEOUT_S, pool_size=4, max_overflow=4
         )
-        _make_durable(self.datastore)
+        _set_synchronous(self.datastore, "FULL")
+        self._relaxed: Any = None
         self.recorder = SQLiteApplicationRecorder(self.datastore)
         self._create_tables(url)
 
@@ -348,9 +356,25 @@ class SQLiteDatabase(Database):
         return found
 
     @contextmanager
-    def transaction(self) -> Iterator[SqlCursor]:
-        with self.datastore.transaction(commit=True) as cur:
+    def transaction(self, *, durable: bool = True) -> Iterator[SqlCursor]:
+        datastore = self.datastore if durable else self._relaxed_datastore()
+        with datastore.transaction(commit=True) as cur:
             yield SqlCursor(cur, "qmark")
+
+    def _relaxed_datastore(self) -> Any:
+        """Connections whose commits do not fsync (``synchronous=NORMAL``: in WAL mode a
+        commit is atomic and survives a crash of the process, and the next ``FULL``
+        commit or checkpoint writes it to disk). The pragma is per connection and cannot
+        change inside a transaction, so these are a pool of their own."""
+        if self._relaxed is None:
+            from eventsourcing.sqlite import SQLiteDatastore
+
+            relaxed = SQLiteDatastore(
+                self.url.path, lock_timeout=SQLITE_LOCK_TIMEOUT_S, pool_size=2, max_overflow=2
+            )
+            _set_synchronous(relaxed, "NORMAL")
+            self._relaxed = relaxed
+        return self._relaxed
 
     @contextmanager
     def reading(self) -> Iterator[SqlCursor]:
@@ -358,8 +382,10 @@ class SQLiteDatabase(Database):
             yield SqlCursor(cur, "qmark")
 
     def close(self) -> None:
-        with suppress(Exception):
-            self.datastore.close()
+        for datastore in (self.datastore, self._relaxed):
+            if datastore is not None:
+                with suppress(Exception):
+                    datastore.close()
 
 
 class PostgresDatabase(Database):
@@ -466,8 +492,10 @@ class PostgresDatabase(Database):
         return found
 
     @contextmanager
-    def transaction(self) -> Iterator[SqlCursor]:
+    def transaction(self, *, durable: bool = True) -> Iterator[SqlCursor]:
         with self.datastore.transaction(commit=True) as cur:
+            if not durable:
+                cur.execute("SET LOCAL synchronous_commit TO OFF")
             yield SqlCursor(cur, "format")
 
     @contextmanager
@@ -494,21 +522,25 @@ def _is_sqlite_busy(exc: BaseException) -> bool:
     return False
 
 
-def _make_durable(datastore: Any) -> None:
-    """Every SQLite connection commits with ``synchronous=FULL``: in WAL mode each commit
-    fsyncs the log, so a committed batch survives a power cut, not just a crash of the
-    process. (It is SQLite's usual default; this makes it independent of the build.)
-    The pragma cannot be set inside a transaction, so it is set as each pooled
-    connection is made (a private hook of the pinned eventsourcing version)."""
+def _set_synchronous(datastore: Any, level: str) -> None:
+    """Every SQLite connection of ``datastore`` commits with ``synchronous=level``. FULL
+    for the log: in WAL mode each commit fsyncs, so a committed batch survives a power
+    cut, not just a crash of the process (SQLite's usual default; this makes it
+    independent of the build). The pragma cannot be set inside a transaction, so it is
+    set as each pooled connection is made (a private hook of the pinned eventsourcing
+    version)."""
     pool = datastore.pool
     create = pool._create_connection
+    if level not in ("FULL", "NORMAL"):
+        raise ValueError(f"unknown synchronous level {level!r}")
+    pragma = f"PRAGMA synchronous={level}"
 
-    def create_durable() -> Any:
+    def create_with_level() -> Any:
         connection = create()
-        connection._sqlite_conn.execute("PRAGMA synchronous=FULL")
+        connection._sqlite_conn.execute(pragma)
         return connection
 
-    pool._create_connection = create_durable
+    pool._create_connection = create_with_level
 
 
 def _connect_params(url: DatabaseURL) -> dict[str, Any]:

@@ -79,6 +79,10 @@ def _main(db: DbOption = None) -> None:
     _state["db"] = db or LedgerSettings().db
 
 
+#: An input at least this long (about 6,500 frames) is projected by a follower process.
+FOLLOWER_MIN_BYTES = 8 * 1024 * 1024
+
+
 def _db_url() -> str:
     return str(_state.get("db") or LedgerSettings().db)
 
@@ -155,13 +159,21 @@ def ingest(
     source, lines = _numbered_lines(path)
     started = time.perf_counter()
     # Forked before this process opens the database: the projections follow the log in a
-    # second process while this one appends (see projections.follower).
-    with Follower(_db_url()) as follower, _services() as services:
+    # second process while this one appends (see projections.follower). It costs a second
+    # parse of every frame, so it only pays for a long input on a machine with a spare CPU.
+    follow = (os.cpu_count() or 1) > 1 and (
+        path == "-" or Path(path).stat().st_size >= FOLLOWER_MIN_BYTES
+    )
+    with Follower(_db_url(), start=follow) as follower, _services() as services:
         bar, update = _progress("ingest", not as_json)
         seen = {"frames": 0}
 
         def on_batch(report: AppendReport) -> None:
             seen["frames"] += report.frames
+            if not follower.running:
+                # Projected right after it is appended, while its parses are fresh (see
+                # adapters.deltadefi.fast_path), so the views follow the import.
+                services.projector.catch_up()
             if update:
                 update(seen["frames"], seen["frames"])
 

@@ -36,15 +36,15 @@ class Follower:
     context manager so the child never outlives an error in the parent.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, start: bool = True) -> None:
         self._done = FORK.Event()
         reader, writer = FORK.Pipe(duplex=False)
         self._errors = reader
-        #: None when this process may not fork (see ``can_fork``): the caller's own final
-        #: catch-up then does all the projecting.
+        #: None when not asked to ``start`` or when this process may not fork (see
+        #: ``can_fork``): the caller then does all the projecting itself.
         self._process = (
             start_child("ledger-projector", _follow, url, self._done, writer)
-            if can_fork()
+            if start and can_fork()
             else None
         )
         writer.close()

@@ -85,6 +85,7 @@ class Projector:
         children of its own."""
         self.log = log
         self.read_ahead = read_ahead
+        self._committed: tuple[LedgerState, int] | None = None
         self.views_db = views_db or log
         self.parse = parse
         self.window = window
@@ -128,7 +129,13 @@ class Projector:
             delay = min(delay * 2, 2.0)
 
     def _catch_up(self, progress: Progress | None) -> int:
-        state, position = self.load_at_position()
+        # The state this projector committed last time, if it did: a later catch-up (the
+        # live path makes one per batch) need not read it back. Taken, not shared: any
+        # failure below leaves no cached state, and the next catch-up loads afresh. A
+        # stale one (another projector moved the views on) is refused by the same checks
+        # as a state loaded a moment too early.
+        cached, self._committed = self._committed, None
+        state, position = cached if cached is not None else self.load_at_position()
         head = self.window.stop if self.window.stop is not None else self.log.head()
         ahead = self._read_ahead(position, head)
         waiting: ReadPage | None = None  # the child's next page, once received
@@ -149,12 +156,13 @@ class Projector:
                     # Otherwise this is a page the child stepped over.
                     events = self.log.read_page(position, self.page_size, stop=self.window.stop)
                     if not events:
+                        self._committed = (state, position)
                         return position
                     # Parsed before the write transaction opens: parsing is pure, and on
                     # SQLite the transaction holds the one write lock the appender waits for.
                     end, frames = events[-1][0], read_frames(events, self.parse)
                 try:
-                    with self.views_db.transaction() as cur:
+                    with self.views_db.transaction(durable=False) as cur:
                         self.views_db.record_tracking(cur, views.PROJECTION_NAME, end)
                         # The tracking row is locked now. If another projector moved the views
                         # on since we loaded them (to a position short of this page's end, so
@@ -195,7 +203,8 @@ class Projector:
     def rebuild(self, progress: Progress | None = None) -> LedgerState:
         """Drop every projection and replay the whole log from zero (reading ahead in a
         second process when the log is long)."""
-        with self.views_db.transaction() as cur:
+        self._committed = None
+        with self.views_db.transaction(durable=False) as cur:
             views.clear(cur, self.views_db)
         read_ahead, self.read_ahead = self.read_ahead, True
         try:

@@ -121,3 +121,43 @@ def test_the_log_is_append_only(db_url: str, tmp_path: Path) -> None:
     ok(run_ledger(db_url, "verify"))
     ledger_json(db_url, "rejects")
     assert dump_log(db_url) == grown
+
+
+def test_the_log_commits_durably_and_the_projections_need_not(db_url: str) -> None:
+    """The log's commits wait for the disk (SQLite ``synchronous=FULL``, PostgreSQL's
+    default ``synchronous_commit``); a ``durable=False`` transaction, the projections',
+    does not, yet its commit is just as visible to every other connection at once."""
+    db = open_database(db_url)
+    try:
+        with db.transaction() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS probe (v TEXT)")
+            if db.kind == "sqlite":
+                cur.execute("PRAGMA synchronous")
+                assert cur.fetchone()[0] == 2  # FULL
+            else:
+                cur.execute("SHOW synchronous_commit")
+                assert cur.fetchone()[0] == "on"
+        with db.transaction(durable=False) as cur:
+            if db.kind == "sqlite":
+                cur.execute("PRAGMA synchronous")
+                assert cur.fetchone()[0] == 1  # NORMAL
+            else:
+                cur.execute("SHOW synchronous_commit")
+                assert cur.fetchone()[0] == "off"
+            cur.execute("INSERT INTO probe VALUES (?)", ("relaxed",))
+        other = open_database(db_url)
+        try:
+            with other.reading() as cur:
+                cur.execute("SELECT v FROM probe")
+                assert cur.fetchall() == [("relaxed",)]
+        finally:
+            other.close()
+        with db.transaction() as cur:  # back to durable on the same database object
+            if db.kind == "sqlite":
+                cur.execute("PRAGMA synchronous")
+                assert cur.fetchone()[0] == 2
+            else:
+                cur.execute("SHOW synchronous_commit")
+                assert cur.fetchone()[0] == "on"
+    finally:
+        db.close()

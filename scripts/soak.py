@@ -15,8 +15,16 @@ passed), ``ledger run`` is stopped with SIGINT and checked: the booked fill ids 
 exactly the exchange's, each once; per asset, the last accepted snapshot plus every fill
 since must equal the exchange's balance (and free/locked its last snapshot, unless the
 generated session overdrew an asset: the parser rightly rejects negative balances);
-``ledger verify`` must pass. Printed: frames/s, reconnects, gaps healed, fills booked, peak RSS and RSS growth
-of the ``ledger run`` process, then one JSON line. Exit 0 when every check passes.
+``ledger verify`` must pass. Printed: frames/s, reconnects, gaps healed, fills booked, peak RSS,
+and the RSS curve of the longest-lived ``ledger run`` process (see ``RssMonitor.curve``), then
+one JSON line. Exit 0 when every check passes.
+
+Memory: the process's bounded memories (the parser's recent frames and fill memo, the append
+path's claim ids and digests) fill within minutes at a few hundred frames a second, so after
+``--warmup`` minutes its resident set should stay level. The curve says whether it does: RSS at
+each minute, and how much the high-water mark rose in each third of the time after the warm-up
+(a leak keeps rising in the last third; a filling cache does not). ``--kill-window 0.2`` puts
+the kills in the first fifth of the session, so the last process lives long enough to show it.
 
 Everything runs on loopback, bounded in time, and stops by itself.
 """
@@ -55,6 +63,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--kills", type=int, default=2, help="SIGKILLs of ledger run, spread evenly")
+    p.add_argument(
+        "--kill-window",
+        type=float,
+        default=1.0,
+        help="spread the kills over this fraction of the session (from its start)",
+    )
+    p.add_argument(
+        "--warmup", type=float, default=3.0, help="minutes of a process's life the curve skips"
+    )
     p.add_argument("--drop-every", type=int, default=1500)
     p.add_argument("--lose-on-drop", type=int, default=15)
     p.add_argument("--settle", type=float, default=180.0, help="seconds to catch up at the end")
@@ -86,18 +103,82 @@ class RssMonitor:
     def peak_mb(self) -> float:
         return max(self.peaks.values(), default=0) / 1024
 
-    def growth_mb(self) -> tuple[float, float, float]:
-        """RSS of the longest-lived process after its first quarter, and at its end."""
+    def longest(self) -> list[tuple[float, int]]:
+        """(seconds since it started, kB) of the longest-lived process."""
         by_pid: dict[int, list[tuple[float, int]]] = {}
         for t, pid, kb in self.samples:
             by_pid.setdefault(pid, []).append((t, kb))
         if not by_pid:
-            return 0.0, 0.0, 0.0
+            return []
         series = max(by_pid.values(), key=lambda s: s[-1][0] - s[0][0])
-        start_t = series[0][0] + (series[-1][0] - series[0][0]) / 4
-        after = [kb for t, kb in series if t >= start_t] or [series[-1][1]]
-        first, last = after[0] / 1024, series[-1][1] / 1024
-        return first, last, (series[-1][0] - series[0][0]) / 60
+        return [(t - series[0][0], kb) for t, kb in series]
+
+    def growth_mb(self) -> tuple[float, float, float]:
+        """RSS of the longest-lived process after its first quarter, and at its end."""
+        series = self.longest()
+        if not series:
+            return 0.0, 0.0, 0.0
+        life = series[-1][0]
+        after = [kb for t, kb in series if t >= life / 4] or [series[-1][1]]
+        return after[0] / 1024, series[-1][1] / 1024, life / 60
+
+    def curve(self, warmup_min: float) -> dict[str, Any]:
+        """The longest-lived process's RSS over time, in MB.
+
+        ``per_minute``: RSS at each whole minute of its life. After ``warmup_min`` the rest of
+        its life is cut in thirds; for each, ``mean`` RSS, ``max`` RSS and ``hwm_rise``: how far
+        its maximum rose above every sample before it (the warm-up included). Memory that
+        levels off shows a last-third rise near zero; a leak rises in every third alike.
+        """
+        series = self.longest()
+        if not series:
+            return {}
+        life = series[-1][0]
+        per_minute = [
+            round(next(kb for t, kb in reversed(series) if t <= m * 60) / 1024, 1)
+            for m in range(int(life // 60) + 1)
+        ]
+        start = min(warmup_min * 60, life / 2)
+        span = (life - start) / 3
+        thirds: list[dict[str, float]] = []
+        high = max((kb for t, kb in series if t < start), default=series[0][1])
+        for i in range(3):
+            lo, hi = start + i * span, start + (i + 1) * span
+            window = [kb for t, kb in series if lo <= t <= hi] or [high]
+            thirds.append(
+                {
+                    "from_min": round(lo / 60, 1),
+                    "to_min": round(hi / 60, 1),
+                    "mean": round(sum(window) / len(window) / 1024, 1),
+                    "max": round(max(window) / 1024, 1),
+                    "hwm_rise": round(max(0, max(window) - high) / 1024, 1),
+                }
+            )
+            high = max(high, *window)
+        return {
+            "life_min": round(life / 60, 1),
+            "warmup_min": round(start / 60, 1),
+            "per_minute": per_minute,
+            "thirds": thirds,
+            "last_vs_first_third_mean": round(thirds[2]["mean"] - thirds[0]["mean"], 1),
+        }
+
+
+def _curve_text(curve: dict[str, Any]) -> str:
+    """The RSS curve as a few printed lines (empty when there were no samples)."""
+    if not curve:
+        return ""
+    thirds = "; ".join(
+        f"{t['from_min']:g}-{t['to_min']:g} min mean {t['mean']} max {t['max']} "
+        f"(high-water +{t['hwm_rise']})"
+        for t in curve["thirds"]
+    )
+    return (
+        f"RSS of the longest-lived process ({curve['life_min']} min), MB per minute: "
+        f"{' '.join(f'{v:g}' for v in curve['per_minute'])}\n"
+        f"after {curve['warmup_min']} min of warm-up, by thirds: {thirds}; "
+        f"last third's mean - first third's mean: {curve['last_vs_first_third_mean']:+} MB\n"
+    )
 
 
 def _ledger(db: str, *args: str) -> list[str]:
@@ -208,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
 
         proc = start()
         session_s = frames / args.rate
-        kill_at = [started + session_s * (k + 1) / (args.kills + 1) for k in range(args.kills)]
+        kill_span = session_s * min(max(args.kill_window, 0.0), 1.0)
+        kill_at = [started + kill_span * (k + 1) / (args.kills + 1) for k in range(args.kills)]
         finished_at: float | None = None
         caught_up = False
         while True:
@@ -262,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     session_wall = (finished_at or time.monotonic()) - started
     logged = _frames_logged(db)
     first_mb, last_mb, life_min = monitor.growth_mb()
+    curve = monitor.curve(args.warmup)
     checks = {
         "fills_exactly_once": len(fills) == len(set(fills)),
         "fills_equal_exchange": set(fills) == set(truth["fills"]),
@@ -290,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": round(monitor.peak_mb(), 1),
         "rss_growth_mb": round(last_mb - first_mb, 1),
         "rss_growth_window_min": round(life_min * 0.75, 1),
+        "rss_curve": curve,
         "checks": checks,
     }
     verdicts = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in checks.items())
@@ -301,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         f"fills booked {len(set(fills)):,} of the exchange's {len(truth['fills']):,}\n"
         f"peak RSS {summary['peak_rss_mb']} MB, RSS growth {summary['rss_growth_mb']} MB over "
         f"the last {summary['rss_growth_window_min']} min of one process\n"
+        f"{_curve_text(curve)}"
         f"checks: {verdicts}",
         flush=True,
     )

@@ -289,6 +289,8 @@ class Follower:
         #: the stream delivered before it (``GAP_FROM_START``: none had; ``None``: no gap).
         self._gap_since: str | None = None
         self._gaps = 0
+        #: Where each gap counted in ``_gaps`` began, by its number (pruned as heals end).
+        self._gap_starts: dict[int, str] = {}
         self.last_heal: HealReport | None = None
 
     # --- running -----------------------------------------------------------------------
@@ -518,13 +520,17 @@ class Follower:
 
     async def _disconnected(self, closed: StreamClosed) -> None:
         self.stats.connected = False
-        if self._gap_since is None and not self._stopping:
+        start = None
+        if not self._stopping:
             since = await self.store.stream_watermark()
+            start = GAP_FROM_START if since is None else since
             if self._gap_since is None:
-                self._gap_since = GAP_FROM_START if since is None else since
+                self._gap_since = start
         # Counted only once its start is recorded: a backfill that began meanwhile must not
         # take this gap for healed.
         self._gaps += 1
+        if start is not None:
+            self._gap_starts[self._gaps] = start
         self.stats.disconnects += 1
         code = str(closed.code)
         self.stats.close_codes[code] = self.stats.close_codes.get(code, 0) + 1
@@ -614,8 +620,17 @@ class Follower:
         report.seconds = round(time.monotonic() - started, 3)
         self.stats.heals += 1
         cleared = self._gaps == gaps
+        # This backfill paged back to ``gap_since``: every gap open when it began is healed.
+        # What is left open starts where the first gap opened while it ran began, not at the
+        # old start, or with drops coming faster than backfills every backfill would page
+        # back further (seen in a 300 frames/s soak: 8 pages, then 136, then one that never
+        # ended).
+        later = {n: start for n, start in self._gap_starts.items() if n > gaps}
+        self._gap_starts = later
         if cleared:
             self._gap_since = None  # healed, and no new gap opened meanwhile
+        elif later and gap_since is not None:
+            self._gap_since = later[min(later)]
         await self._record(
             self._event(
                 TOPIC_BACKFILL_COMPLETED,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import sqlite3
@@ -665,3 +666,36 @@ def test_listeners_hear_of_each_batch_in_order_once_it_is_durable_and_projected(
     for position, _, head, views in heard:
         assert head >= position, "a listener heard of a batch before its commit"
         assert views >= position, "a listener heard of a batch before the projections had it"
+
+
+def test_a_gap_opened_during_a_backfill_is_where_the_next_one_stops(tmp_path: Path) -> None:
+    """Drops come faster than slow (rate-limited) backfills finish. A backfill heals every
+    gap open when it began, so the next one must page back only to the first gap that
+    opened while it ran, not to the oldest gap again: otherwise each backfill reaches
+    further back than the last, until one never ends (a 300 frames/s soak saw 8 pages
+    grow to 136)."""
+    key = new_key()
+    db = str(tmp_path / "ledger.sqlite")
+    faults = Faults(
+        drop_every=60,
+        lose_on_drop=10,
+        rate_limit_every=3,
+        rate_limit_burst=1,
+        retry_after=0.15,
+        seed=41,
+    )
+    with local_exchange(key, frames=2500, seed=41, rate=500, faults=faults) as ex:
+        follow_in_process(db, ex, key, until=lambda: caught_up(db, ex), timeout=90)
+        want = truth(ex)
+    assert_matches_exchange(db, want)
+    backfills = events(db, BACKFILL)
+    overtaken = [
+        (earlier, later)
+        for earlier, later in itertools.pairwise(backfills)
+        if not earlier["gap_healed"] and earlier["gap_since"] is not None
+    ]
+    # The scenario happened: backfills overtaken by a drop while they ran.
+    assert len(overtaken) >= 3, [b["gap_healed"] for b in backfills]
+    for earlier, later in overtaken:
+        assert later["gap_since"] is not None
+        assert later["gap_since"] > earlier["gap_since"], (earlier, later)

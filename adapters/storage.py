@@ -145,6 +145,7 @@ class Database:
         """A new, independent connection to the same database (for a forked child, which
         must not use its parent's connections)."""
         return type(self)(self.url)  # type: ignore[call-arg]
+
     recorder: Any
     tracking_recorder: Any
     tracking_table: str
@@ -269,10 +270,6 @@ class SQLiteDatabase(Database):
     _position_column = "rowid"
 
     def __init__(self, url: DatabaseURL) -> None:
-        from eventsourcing.sqlite import (
-            SQLiteApplicationRecorder,
-            SQLiteDatastore,
-        )
 
         self.url = url
         path = Path(url.path)
@@ -286,13 +283,27 @@ class SQLiteDatabase(Database):
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             except OSError as exc:
                 raise DatabaseUnavailable(f"cannot create {url.path}: {exc.strerror}") from exc
+        self._relaxed: Any = None
+        self._connect()
+        self._create_tables(url)
+
+    def _connect(self) -> None:
+        """A fresh connection pool and recorders for the file."""
+        from eventsourcing.sqlite import (
+            SQLiteApplicationRecorder,
+            SQLiteDatastore,
+            SQLiteTrackingRecorder,
+        )
+
         self.datastore = SQLiteDatastore(
-            str(path), lock_timeout=SQLITE_LOCK_TIMEOUT_S, pool_size=4, max_overflow=4
+            str(Path(self.url.path)),
+            lock_timeout=SQLITE_LOCK_TIMEOUT_S,
+            pool_size=4,
+            max_overflow=4,
         )
         _set_synchronous(self.datastore, "FULL")
-        self._relaxed: Any = None
         self.recorder = SQLiteApplicationRecorder(self.datastore)
-        self._create_tables(url)
+        self.tracking_recorder = SQLiteTrackingRecorder(self.datastore)
 
     def _create_tables(self, url: DatabaseURL) -> None:
         """Make the tables, racing other processes opening the same new file.
@@ -302,12 +313,9 @@ class SQLiteDatabase(Database):
         schema went stale when another process created the table first (the transaction
         cannot upgrade to a write lock). Both mean "look again", so the whole step is
         retried until ``SQLITE_LOCK_TIMEOUT_S``; the loser then finds the tables made."""
-        from eventsourcing.sqlite import SQLiteTrackingRecorder
-
         deadline = time.monotonic() + SQLITE_LOCK_TIMEOUT_S
         attempt = 0
         while True:
-            self.tracking_recorder = SQLiteTrackingRecorder(self.datastore)
             try:
                 self.recorder.create_table()
                 self.tracking_recorder.create_table()
@@ -318,6 +326,11 @@ class SQLiteDatabase(Database):
                     raise DatabaseUnavailable(f"cannot open {url.path}: {exc}") from exc
             attempt += 1
             time.sleep(random.uniform(0.01, min(0.5, 0.02 * 2**attempt)))  # nosec B311
+            # The pool may keep its writer slot taken after such a failure ("Timed out
+            # waiting for return of writer" on the next attempt): start over with a new one.
+            with suppress(Exception):
+                self.datastore.close()
+            self._connect()
 
     def append(self, events: Sequence[StoredEvent]) -> Sequence[int]:
         """One transaction, one ``executemany`` (the library's recorder runs one statement

@@ -15,7 +15,7 @@ gives. Only the displayed average is a quotient.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, localcontext
 from typing import Any
@@ -230,16 +230,29 @@ class PositionBook:
         pos.apply(fill)
         return True
 
-    def refold(self, symbol: str, fills_in_order: Iterable[Fill]) -> None:
-        """Replace a symbol's position by a fold of all its fills, in execution order.
+    def refold(
+        self,
+        symbol: str,
+        fills_in_order: Iterable[Fill],
+        *,
+        start: Position | None = None,
+        every: int = 0,
+        checkpoint: Callable[[Position], None] | None = None,
+    ) -> None:
+        """Replace a symbol's position by ``start`` (None: nothing) with ``fills_in_order``
+        folded in: with no ``start``, all the symbol's fills; with one, those after its
+        ``last_key``. ``checkpoint`` is called with the position each time its
+        ``fill_count`` reaches a multiple of ``every`` (0: never).
 
         The fills are consumed one at a time (they may be streamed from the store: a
         symbol's whole history held at once costs about 1.5 kB a fill)."""
-        pos: Position | None = None
+        pos = start
         for fill in fills_in_order:
             if pos is None:
                 pos = Position(symbol, fill.base_asset, fill.quote_asset)
             pos.apply(fill)
+            if checkpoint is not None and every and pos.fill_count % every == 0:
+                checkpoint(pos)
         if pos is None:
             self.positions.pop(symbol, None)
         else:

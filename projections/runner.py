@@ -29,7 +29,7 @@ from adapters.deltadefi.frames import parse as parse_frame
 from adapters.storage import Database, SqlCursor, SQLiteDatabase, parse_url
 from ledger.domain import Fill, ParsedFrame
 from ledger.events import split_state
-from projections import views
+from projections import checkpoints, views
 from projections.forking import can_fork
 from projections.read_ahead import PageFrame, ReadAhead, ReadPage, read_frames
 from projections.state import (
@@ -225,6 +225,10 @@ class Projector:
         symbols: set[str] = set()
         assets: set[str] = set()
         stale: set[str] = set()
+        # Per symbol with fills in the page: its fill count before the page (for the
+        # in-order checkpoints), and for a stale one the smallest late sort key.
+        counts_before: dict[str, int] = {}
+        earliest_late: dict[str, tuple[str, str]] = {}
         for position, head, raw, parsed in frames:
             state.frames += 1
             if parsed.rejection is not None:
@@ -245,15 +249,25 @@ class Projector:
                 new_rows.append(row)
                 state.fills.add(hashed_fill(row))
                 assets |= state.balances.apply_fill(fill)
-                symbols.add(fill.symbol)
-                if fill.symbol in stale or not state.book.book(fill):
-                    stale.add(fill.symbol)
+                symbol = fill.symbol
+                if symbol not in counts_before:
+                    symbols.add(symbol)
+                    held = state.book.positions.get(symbol)
+                    counts_before[symbol] = held.fill_count if held is not None else 0
+                if symbol in stale or not state.book.book(fill):
+                    stale.add(symbol)
+                    key = fill.sort_key
+                    if symbol not in earliest_late or key < earliest_late[symbol]:
+                        earliest_late[symbol] = key
 
         views.insert_fills(cur, new_rows)
         views.insert_rejects(cur, rejects)
         for symbol in sorted(stale):
-            # A fill arrived out of execution order: fold that symbol's history again.
-            state.book.refold(symbol, views.fills_of_symbol(cur, symbol))
+            # A fill arrived out of execution order: fold that symbol's history again,
+            # from its last checkpoint before the earliest late fill.
+            checkpoints.refold(cur, state.book, symbol, earliest_late[symbol])
+            del counts_before[symbol]
+        checkpoints.checkpoint_booked(cur, state.book, counts_before)
         views.save_state(cur, state, symbols, assets)
 
 

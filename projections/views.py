@@ -33,6 +33,11 @@ _TABLES = [
     "CREATE TABLE IF NOT EXISTS ledger_rejects ("
     " log_position BIGINT PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL, raw {blob} NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # A symbol's position exactly after its fill (executed_at, fill_id): where a refold
+    # may start (projections/checkpoints.py). Derived like every view, not in the state hash.
+    "CREATE TABLE IF NOT EXISTS ledger_position_checkpoints ("
+    " symbol TEXT NOT NULL, executed_at TEXT NOT NULL, fill_id TEXT NOT NULL,"
+    " record TEXT NOT NULL, PRIMARY KEY (symbol, executed_at, fill_id))",
 ]
 
 _VIEW_TABLES = (
@@ -41,6 +46,7 @@ _VIEW_TABLES = (
     "ledger_balances",
     "ledger_rejects",
     "ledger_meta",
+    "ledger_position_checkpoints",
 )
 
 FILL_COLUMNS = (
@@ -122,13 +128,19 @@ def insert_rejects(cur: SqlCursor, rows: Sequence[tuple[int, str, str, bytes]]) 
 SYMBOL_PAGE = 2000
 
 
-def fills_of_symbol(cur: SqlCursor, symbol: str, page: int = SYMBOL_PAGE) -> Iterator[Fill]:
+def fills_of_symbol(
+    cur: SqlCursor,
+    symbol: str,
+    page: int = SYMBOL_PAGE,
+    *,
+    after: tuple[str, str] | None = None,
+) -> Iterator[Fill]:
     """A symbol's fills in execution order, read ``page`` rows at a time (keyset paging on
     the ``ledger_fills_by_symbol`` index), so a refold holds one page, not the history.
+    ``after``: only the fills whose sort key (executed_at, fill_id) is greater than it.
 
     Each page is fetched whole before it is yielded: ``cur`` may run other statements
     between pages, but the caller must consume the iterator before using ``cur`` again."""
-    after: tuple[str, str] | None = None
     while True:
         if after is None:
             cur.execute(
@@ -150,6 +162,46 @@ def fills_of_symbol(cur: SqlCursor, symbol: str, page: int = SYMBOL_PAGE) -> Ite
         if len(rows) < page:
             return
         after = (rows[-1][12], rows[-1][0])
+
+
+# --- position checkpoints (see projections/checkpoints.py) -----------------------------
+
+
+def save_checkpoint(cur: SqlCursor, position: Position) -> None:
+    """Store ``position`` as the checkpoint at its last fill's sort key."""
+    executed_at, fill_id = position.last_key
+    cur.execute(
+        "INSERT INTO ledger_position_checkpoints (symbol, executed_at, fill_id, record)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (symbol, executed_at, fill_id)"
+        " DO UPDATE SET record = excluded.record",
+        (position.symbol, executed_at, fill_id, json.dumps(position.to_record(), sort_keys=True)),
+    )
+
+
+def drop_checkpoints_from(cur: SqlCursor, symbol: str, key: tuple[str, str]) -> None:
+    """Forget ``symbol``'s checkpoints at or after ``key``: a fill there changed history."""
+    cur.execute(
+        "DELETE FROM ledger_position_checkpoints WHERE symbol = ?"
+        " AND (executed_at, fill_id) >= (?, ?)",
+        (symbol, *key),
+    )
+
+
+def checkpoint_before(cur: SqlCursor, symbol: str, key: tuple[str, str]) -> Position | None:
+    """``symbol``'s newest checkpoint strictly before ``key``, or None."""
+    cur.execute(
+        "SELECT executed_at, fill_id, record FROM ledger_position_checkpoints"
+        " WHERE symbol = ? AND (executed_at, fill_id) < (?, ?)"
+        " ORDER BY executed_at DESC, fill_id DESC LIMIT 1",
+        (symbol, *key),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    position = Position.from_record(json.loads(row[2]))
+    if position.symbol != symbol or position.last_key != (row[0], row[1]):
+        raise ValueError(f"checkpoint {row[0]} {row[1]} of {symbol} does not match its record")
+    return position
 
 
 def fill_from_row(r: Sequence[Any]) -> Fill:

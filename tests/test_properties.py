@@ -16,6 +16,7 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from strategies import (
@@ -44,6 +45,7 @@ from adapters.deltadefi.frames import parse
 from adapters.deltadefi.session import Session
 from ledger.application import AppendReport, IncomingFrame
 from ledger.bootstrap import LedgerServices, open_ledger
+from projections import checkpoints
 from projections.positions import AverageCost, FifoLots, Position
 from projections.runner import Projector, verify
 from projections.state import LedgerState
@@ -66,6 +68,15 @@ DB_EXAMPLES = settings(
 OPEN_TOLERANCE = Fraction(1, 10**30)
 
 RECEIVED_AT = "2026-03-20T12:00:00.000000Z"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_checkpoints() -> Iterator[None]:
+    """Position checkpoints every 2 fills (module-wide: hypothesis examples share fixtures),
+    so the generated streams' late fills refold from checkpoints, not only from zero."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoints, "CHECKPOINT_EVERY", 2)
+        yield
 
 
 @contextmanager

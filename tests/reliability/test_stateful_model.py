@@ -45,6 +45,7 @@ from psycopg import sql
 
 from ledger.application import IncomingFrame
 from ledger.bootstrap import LedgerServices, open_ledger
+from projections import checkpoints
 from projections.runner import verify
 from reliability._support import LONG
 
@@ -424,6 +425,12 @@ SETTINGS = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+@pytest.fixture(autouse=True)
+def small_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Position checkpoints after every fill, so late fills from REST refold from them."""
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_EVERY", 1)
 
 
 def test_stateful_model_on_sqlite(tmp_path: Path) -> None:

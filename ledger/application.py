@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol, TypeVar
@@ -31,8 +31,13 @@ MAX_ATTEMPTS = 50
 RETRY_WINDOW_S = 120.0
 
 T = TypeVar("T")
+#: A frame of a batch with its id and the parser's reading of it.
+Planned = tuple["IncomingFrame", uuid.UUID, ParsedFrame]
 #: Fill digests remembered across batches (cumulative records repeat the same fills).
 DIGEST_MEMORY = 20_000
+#: Claims this process saw committed, remembered (fill id -> digest) so that a fill
+#: arriving again is not looked up in the store again; cleared whole when full.
+CLAIM_MEMORY = 200_000
 
 
 _formatted_second: tuple[int, str] = (-1, "")
@@ -74,6 +79,12 @@ class IncomingFrame:
             return uuid.uuid4()
         return frame_id_for_line(self.source, self.line, self.raw)
 
+    def may_be_in_log(self) -> bool:
+        """False only when ``frame_id`` is new every time (random: a live frame), so the
+        log cannot hold it yet and the store need not be asked. A subclass with ids of
+        its own (a REST record's is its content) is always asked about."""
+        return self.line is not None or type(self).frame_id is not IncomingFrame.frame_id
+
 
 @dataclass
 class AppendReport:
@@ -85,8 +96,13 @@ class AppendReport:
     rejected: int = 0
     log_position: int = 0
     conflicts: list[str] = field(default_factory=list)
-    #: The fills this batch claimed (per batch only: totals don't accumulate them).
-    booked_fill_ids: list[str] = field(default_factory=list)
+    #: The fills this batch claimed, with their digests (per batch only: totals don't
+    #: accumulate them).
+    claims: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def booked_fill_ids(self) -> list[str]:
+        return list(self.claims)
 
     def add(self, other: AppendReport) -> None:
         self.frames += other.frames
@@ -116,29 +132,46 @@ class Ledger:
         self.store = store
         self.parse = parse
         self._digests: dict[str, tuple[Fill, str]] = {}
+        #: Claims known to be in the store. Nothing is ever deleted from the log, so a
+        #: claim seen committed stays claimed: skipping it is safe, and an id not in
+        #: here is asked of the store, whose key has the final word anyway.
+        self._claimed: dict[str, str] = {}
 
     def append(self, frames: Sequence[IncomingFrame]) -> AppendReport:
         """Append a batch in one transaction; see the module docstring."""
         if not frames:
             return AppendReport(log_position=self.store.head())
-        planned = [(f, f.frame_id(), self.parse(f.raw)) for f in frames]
+        planned = self._parse(frames)
         for _ in range(MAX_ATTEMPTS):
             events, report = self._retry_transient(lambda: self._plan(planned))
-            if not events:
-                report.log_position = self._retry_transient(self.store.head)
-                return report
             try:
-                # After a lost connection the batch may have committed after all: then
-                # the retry fails on the ids it wrote, and the batch is planned again.
-                positions = self._retry_transient(partial(self.store.append, events))
+                return self._commit(events, report)
             except IntegrityError:
                 # A concurrent writer got some of these ids in first; plan again.
                 continue
-            report.log_position = (
-                max(positions) if positions else self._retry_transient(self.store.head)
-            )
-            return report
         raise RuntimeError(f"could not append a batch after {MAX_ATTEMPTS} attempts")
+
+    def _parse(self, frames: Sequence[IncomingFrame]) -> list[Planned]:
+        return [(f, f.frame_id(), self.parse(f.raw)) for f in frames]
+
+    def _commit(self, events: list[StoredEvent], report: AppendReport) -> AppendReport:
+        """Append a planned batch; IntegrityError when another writer claimed first."""
+        if not events:
+            report.log_position = self._retry_transient(self.store.head)
+            return report
+        # After a lost connection the batch may have committed after all: then the
+        # retry fails on the ids it wrote, and the batch is planned again.
+        positions = self._retry_transient(partial(self.store.append, events))
+        report.log_position = (
+            max(positions) if positions else self._retry_transient(self.store.head)
+        )
+        self._remember_claims(report.claims)
+        return report
+
+    def _remember_claims(self, claims: Mapping[str, str]) -> None:
+        if len(self._claimed) + len(claims) > CLAIM_MEMORY:
+            self._claimed.clear()
+        self._claimed.update(claims)
 
     def _retry_transient(self, call: Callable[[], T]) -> T:
         """``call()``, tried again for up to ``RETRY_WINDOW_S`` while the store calls its
@@ -156,16 +189,24 @@ class Ledger:
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def _plan(
-        self, planned: Sequence[tuple[IncomingFrame, uuid.UUID, ParsedFrame]]
-    ) -> tuple[list[StoredEvent], AppendReport]:
-        # One query for every distinct id the batch could append (frames and claims).
-        ids = dict.fromkeys(fid for _, fid, _ in planned)
+    def _plan(self, planned: Sequence[Planned]) -> tuple[list[StoredEvent], AppendReport]:
+        """The events that would append this batch, and what they would do."""
+        # Claims already known to be made need no query; neither do ids of live frames
+        # (random, never seen before). One query for every other id the batch could append.
+        remembered = self._claimed
+        known_digests: dict[str, str | None] = {}
+        ids = dict.fromkeys(fid for frame, fid, _ in planned if frame.may_be_in_log())
         for *_, parsed in planned:
             for fill in parsed.fills:
-                ids[claim_id(fill.fill_id)] = None
-        known = self.store.existing(list(ids))
-        known_digests: dict[str, str | None] = {}
+                fill_id = fill.fill_id
+                if fill_id in known_digests:
+                    continue
+                digest = remembered.get(fill_id)
+                if digest is not None:
+                    known_digests[fill_id] = digest
+                else:
+                    ids[claim_id(fill_id)] = None
+        known = self.store.existing(list(ids)) if ids else {}
         claimed_here: dict[str, Fill] = {}
         events: list[StoredEvent] = []
         report = AppendReport(frames=len(planned))
@@ -192,17 +233,17 @@ class Ledger:
                 first = claimed_here.get(fill.fill_id)
                 if first is None:
                     if fill.fill_id not in known_digests:
-                        known_digests[fill.fill_id] = _claim_digest(
-                            known.get(claim_id(fill.fill_id))
-                        )
+                        stored = _claim_digest(known.get(claim_id(fill.fill_id)))
+                        if stored is not None:
+                            self._remember_claims({fill.fill_id: stored})
+                        known_digests[fill.fill_id] = stored
                     earlier = known_digests[fill.fill_id]
                     if earlier is None:
-                        events.append(
-                            FillClaimed(fill.fill_id, fid, self._digest(fill)).to_stored()
-                        )
+                        digest = self._digest(fill)
+                        events.append(FillClaimed(fill.fill_id, fid, digest).to_stored())
                         claimed_here[fill.fill_id] = fill
+                        report.claims[fill.fill_id] = digest
                         report.fills_new += 1
-                        report.booked_fill_ids.append(fill.fill_id)
                         continue
                 elif first is fill or first == fill:
                     # The same record again (the parser hands out one object per record).
@@ -235,39 +276,40 @@ class Ledger:
         received_at: Callable[[], str] = utc_now,
         on_batch: Callable[[AppendReport], None] | None = None,
     ) -> AppendReport:
-        """Append numbered lines of a capture, a batch per transaction.
+        """Append numbered lines of a capture, a batch per transaction, in order.
 
         Blank lines are not frames. Each line's id is derived from (source, line
         number, content), so re-ingesting a capture appends nothing and an import
-        killed half-way completes when run again.
+        killed half-way completes when run again. ``on_batch`` sees each batch's
+        report once the batch is committed.
         """
         total = AppendReport()
-        batch: list[IncomingFrame] = []
-        for number, raw in lines:
-            if not raw.strip():
-                continue
-            batch.append(
-                IncomingFrame(raw=raw, source=source, received_at=received_at(), line=number)
-            )
-            if len(batch) >= batch_size:
-                self._flush(batch, total, on_batch)
-        if batch:
-            self._flush(batch, total, on_batch)
+        for batch in _batches(lines, source, batch_size, received_at):
+            report = self.append(batch)
+            total.add(report)
+            if on_batch:
+                on_batch(report)
         if total.log_position == 0:
             total.log_position = self.store.head()
         return total
 
-    def _flush(
-        self,
-        batch: list[IncomingFrame],
-        total: AppendReport,
-        on_batch: Callable[[AppendReport], None] | None,
-    ) -> None:
-        report = self.append(batch)
-        batch.clear()
-        total.add(report)
-        if on_batch:
-            on_batch(report)
+
+def _batches(
+    lines: Iterable[tuple[int, bytes]],
+    source: str,
+    size: int,
+    received_at: Callable[[], str],
+) -> Iterator[list[IncomingFrame]]:
+    batch: list[IncomingFrame] = []
+    for number, raw in lines:
+        if not raw.strip():
+            continue
+        batch.append(IncomingFrame(raw=raw, source=source, received_at=received_at(), line=number))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _claim_digest(state: bytes | None) -> str | None:

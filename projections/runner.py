@@ -136,12 +136,20 @@ class Projector:
         # as a state loaded a moment too early.
         cached, self._committed = self._committed, None
         state, position = cached if cached is not None else self.load_at_position()
-        head = self.window.stop if self.window.stop is not None else self.log.head()
+        # The head is only needed to read ahead or show progress: the live path, one
+        # catch-up per batch, saves the query (a round trip on PostgreSQL).
+        head = position
+        if self.window.stop is not None:
+            head = self.window.stop
+        elif progress is not None or self.read_ahead:
+            head = self.log.head()
         ahead = self._read_ahead(position, head)
         waiting: ReadPage | None = None  # the child's next page, once received
         refused = 0
         try:
             while True:
+                # Our own read came back short of a page: that was the head (when read).
+                at_head = False
                 if ahead and waiting is None:
                     waiting = ahead.next()
                 if waiting is not None and waiting.after == position:
@@ -158,6 +166,7 @@ class Projector:
                     if not events:
                         self._committed = (state, position)
                         return position
+                    at_head = len(events) < self.page_size
                     # Parsed before the write transaction opens: parsing is pure, and on
                     # SQLite the transaction holds the one write lock the appender waits for.
                     end, frames = events[-1][0], read_frames(events, self.parse)
@@ -188,6 +197,10 @@ class Projector:
                 position = end
                 if progress:
                     progress(position, max(head, position))
+                if at_head:
+                    # No need to ask again: events appended since are the next call's.
+                    self._committed = (state, position)
+                    return position
         finally:
             if ahead:
                 ahead.close()

@@ -252,13 +252,22 @@ class KilledRuns:
         assert proc.returncode == -signal.SIGKILL
         self.kills[mode] += 1
 
-    def _caught_up(self, want: set[str], totals: dict[str, Decimal]) -> bool:
+    def _caught_up(self, want: set[str], balances: dict[str, dict[str, Decimal]]) -> bool:
         """Every fill booked, and a snapshot taken after the session's end: each asset's
-        expected total is the exchange's balance."""
+        expected total is the exchange's balance, and so is its last snapshot where the
+        exchange's balance is valid (an earlier snapshot plus the fills since can add up
+        to the same total before the final one is logged)."""
         if set(self.probe.fill_ids()) != want:
             return False
         found = self.probe.balances()
-        return {a: Decimal(r["expected_total"]) for a, r in found.items()} == totals
+        totals = {a: b["free"] + b["locked"] for a, b in balances.items()}
+        if {a: Decimal(r["expected_total"]) for a, r in found.items()} != totals:
+            return False
+        return all(
+            (Decimal(found[a]["free"]), Decimal(found[a]["locked"])) == (b["free"], b["locked"])
+            for a, b in balances.items()
+            if b["free"] >= 0 and b["locked"] >= 0
+        )
 
     def follow_to_the_end(self, want: set[str]) -> float:
         """The last run: until the session is over and the books hold every fill and the
@@ -268,12 +277,9 @@ class KilledRuns:
         try:
             assert self.ex.wait_finished(FRAMES / RATE + 120), "the session did not finish"
             ended = time.monotonic()
-            totals = {
-                asset: b["free"] + b["locked"]
-                for asset, b in self.ex.call(lambda e: e.truth())["balances"].items()
-            }
+            balances = self.ex.call(lambda e: e.truth())["balances"]
             deadline = ended + CATCH_UP_TIMEOUT
-            while not self._caught_up(want, totals):
+            while not self._caught_up(want, balances):
                 assert proc.poll() is None, f"ledger run exited by itself: see {self.log}"
                 assert time.monotonic() < deadline, (
                     f"not caught up {CATCH_UP_TIMEOUT:.0f}s after the session ended: "

@@ -83,7 +83,7 @@ def _main(db: DbOption = None) -> None:
 FOLLOWER_MIN_BYTES = 8 * 1024 * 1024
 #: Frames per transaction. A file into SQLite: each commit rewrites the index pages its
 #: random keys touched, so fewer, larger commits cost less (a 200,000-frame import about
-#: 10 % less than at 2,000). PostgreSQL gains nothing from it (2,000 was 5 % faster) and
+#: 10 % less than at 2,000). PostgreSQL gains nothing from it (no faster in our runs) and
 #: its append arrays cost about 100 MB more at 10,000. A pipe may be a live feed, whose
 #: frames should not wait long for their commit.
 FILE_BATCH = 10_000

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
@@ -31,8 +31,6 @@ MAX_ATTEMPTS = 50
 RETRY_WINDOW_S = 120.0
 
 T = TypeVar("T")
-#: A frame of a batch with its id and the parser's reading of it.
-Planned = tuple["IncomingFrame", uuid.UUID, ParsedFrame]
 #: Fill digests remembered across batches (cumulative records repeat the same fills).
 DIGEST_MEMORY = 20_000
 #: Claims this process saw committed, remembered (fill id -> digest) so that a fill
@@ -41,6 +39,48 @@ CLAIM_MEMORY = 200_000
 
 
 _formatted_second: tuple[int, str] = (-1, "")
+
+
+class FrameReading(NamedTuple):
+    """What appending a frame needs to know of it: the parser's reason for refusing
+    it, or the fills it brings as ``(fill id, digest)`` pairs, in the frame's order."""
+
+    rejection: str | None
+    claims: tuple[tuple[str, str], ...] = ()
+
+
+#: A frame of a batch with its id and what appending it needs to know of it.
+Planned = tuple["IncomingFrame", uuid.UUID, FrameReading]
+
+
+class FrameReader:
+    """``parse`` then ``FrameReading``: a pure function of the raw bytes, with the fill
+    digests remembered (cumulative records repeat the same fills; bounded)."""
+
+    def __init__(self, parse: Parser) -> None:
+        self.parse = parse
+        self._digests: dict[str, tuple[Fill, str]] = {}
+
+    def __call__(self, raw: bytes) -> FrameReading:
+        parsed = self.parse(raw)
+        if parsed.rejection is not None:
+            return FrameReading(parsed.rejection)
+        return FrameReading(None, tuple((fill.fill_id, self.digest(fill)) for fill in parsed.fills))
+
+    def digest(self, fill: Fill) -> str:
+        """``fill.digest()``, remembered for the fill object (cleared whole when full)."""
+        entry = self._digests.get(fill.fill_id)
+        if entry is not None and entry[0] is fill:
+            return entry[1]
+        digest = fill.digest()
+        if len(self._digests) >= DIGEST_MEMORY:
+            self._digests.clear()
+        self._digests[fill.fill_id] = (fill, digest)
+        return digest
+
+    def plan(self, frames: Sequence[IncomingFrame]) -> list[Planned]:
+        """Each frame with its id and its reading: all the append needs of a batch."""
+        return [(frame, frame.frame_id(), self(frame.raw)) for frame in frames]
 
 
 def utc_now() -> str:
@@ -131,7 +171,7 @@ class Ledger:
     def __init__(self, store: LogStore, parse: Parser) -> None:
         self.store = store
         self.parse = parse
-        self._digests: dict[str, tuple[Fill, str]] = {}
+        self.reader = FrameReader(parse)
         #: Claims known to be in the store. Nothing is ever deleted from the log, so a
         #: claim seen committed stays claimed: skipping it is safe, and an id not in
         #: here is asked of the store, whose key has the final word anyway.
@@ -139,9 +179,13 @@ class Ledger:
 
     def append(self, frames: Sequence[IncomingFrame]) -> AppendReport:
         """Append a batch in one transaction; see the module docstring."""
-        if not frames:
+        return self.append_read(self.reader.plan(frames))
+
+    def append_read(self, planned: Sequence[Planned]) -> AppendReport:
+        """``append`` of frames already read (each with its id and ``FrameReading``, as
+        ``FrameReader.plan`` makes them, possibly in another process)."""
+        if not planned:
             return AppendReport(log_position=self.store.head())
-        planned = self._parse(frames)
         for _ in range(MAX_ATTEMPTS):
             events, report = self._retry_transient(lambda: self._plan(planned))
             try:
@@ -150,9 +194,6 @@ class Ledger:
                 # A concurrent writer got some of these ids in first; plan again.
                 continue
         raise RuntimeError(f"could not append a batch after {MAX_ATTEMPTS} attempts")
-
-    def _parse(self, frames: Sequence[IncomingFrame]) -> list[Planned]:
-        return [(f, f.frame_id(), self.parse(f.raw)) for f in frames]
 
     def _commit(self, events: list[StoredEvent], report: AppendReport) -> AppendReport:
         """Append a planned batch; IntegrityError when another writer claimed first."""
@@ -196,9 +237,8 @@ class Ledger:
         remembered = self._claimed
         known_digests: dict[str, str | None] = {}
         ids = dict.fromkeys(fid for frame, fid, _ in planned if frame.may_be_in_log())
-        for *_, parsed in planned:
-            for fill in parsed.fills:
-                fill_id = fill.fill_id
+        for *_, reading in planned:
+            for fill_id, _digest in reading.claims:
                 if fill_id in known_digests:
                     continue
                 digest = remembered.get(fill_id)
@@ -207,11 +247,12 @@ class Ledger:
                 else:
                     ids[claim_id(fill_id)] = None
         known = self.store.existing(list(ids)) if ids else {}
-        claimed_here: dict[str, Fill] = {}
+        #: Fill id -> the digest claimed by this batch.
+        claimed_here: dict[str, str] = {}
         events: list[StoredEvent] = []
         report = AppendReport(frames=len(planned))
         seen_frames: set[uuid.UUID] = set()
-        for frame, fid, parsed in planned:
+        for frame, fid, reading in planned:
             if fid in known or fid in seen_frames:
                 report.already_ingested += 1
                 continue
@@ -222,50 +263,32 @@ class Ledger:
                 received_at=frame.received_at,
                 source=frame.source,
                 line=frame.line,
-                rejection=parsed.rejection,
+                rejection=reading.rejection,
             )
             events.append(event.to_stored())
             report.appended += 1
-            if parsed.rejected:
+            if reading.rejection is not None:
                 report.rejected += 1
                 continue
-            for fill in parsed.fills:
-                first = claimed_here.get(fill.fill_id)
-                if first is None:
-                    if fill.fill_id not in known_digests:
-                        stored = _claim_digest(known.get(claim_id(fill.fill_id)))
+            for fill_id, digest in reading.claims:
+                earlier = claimed_here.get(fill_id)
+                if earlier is None:
+                    if fill_id not in known_digests:
+                        stored = _claim_digest(known.get(claim_id(fill_id)))
                         if stored is not None:
-                            self._remember_claims({fill.fill_id: stored})
-                        known_digests[fill.fill_id] = stored
-                    earlier = known_digests[fill.fill_id]
+                            self._remember_claims({fill_id: stored})
+                        known_digests[fill_id] = stored
+                    earlier = known_digests[fill_id]
                     if earlier is None:
-                        digest = self._digest(fill)
-                        events.append(FillClaimed(fill.fill_id, fid, digest).to_stored())
-                        claimed_here[fill.fill_id] = fill
-                        report.claims[fill.fill_id] = digest
+                        events.append(FillClaimed(fill_id, fid, digest).to_stored())
+                        claimed_here[fill_id] = digest
+                        report.claims[fill_id] = digest
                         report.fills_new += 1
                         continue
-                elif first is fill or first == fill:
-                    # The same record again (the parser hands out one object per record).
-                    report.fills_duplicate += 1
-                    continue
-                else:
-                    earlier = self._digest(first)
                 report.fills_duplicate += 1
-                if earlier != self._digest(fill):
-                    report.conflicts.append(fill.fill_id)
+                if earlier != digest:
+                    report.conflicts.append(fill_id)
         return events, report
-
-    def _digest(self, fill: Fill) -> str:
-        """``fill.digest()``, remembered for the fill object (bounded: cleared when full)."""
-        entry = self._digests.get(fill.fill_id)
-        if entry is not None and entry[0] is fill:
-            return entry[1]
-        digest = fill.digest()
-        if len(self._digests) >= DIGEST_MEMORY:
-            self._digests.clear()
-        self._digests[fill.fill_id] = (fill, digest)
-        return digest
 
     def ingest_lines(
         self,
@@ -283,9 +306,19 @@ class Ledger:
         killed half-way completes when run again. ``on_batch`` sees each batch's
         report once the batch is committed.
         """
+        batches = numbered_batches(lines, source, batch_size, received_at)
+        return self.ingest_read((self.reader.plan(batch) for batch in batches), on_batch=on_batch)
+
+    def ingest_read(
+        self,
+        batches: Iterable[Sequence[Planned]],
+        *,
+        on_batch: Callable[[AppendReport], None] | None = None,
+    ) -> AppendReport:
+        """``ingest_lines`` of batches already read (see ``append_read``)."""
         total = AppendReport()
-        for batch in _batches(lines, source, batch_size, received_at):
-            report = self.append(batch)
+        for batch in batches:
+            report = self.append_read(batch)
             total.add(report)
             if on_batch:
                 on_batch(report)
@@ -294,12 +327,13 @@ class Ledger:
         return total
 
 
-def _batches(
+def numbered_batches(
     lines: Iterable[tuple[int, bytes]],
     source: str,
     size: int,
-    received_at: Callable[[], str],
+    received_at: Callable[[], str] = utc_now,
 ) -> Iterator[list[IncomingFrame]]:
+    """Numbered lines of a capture as frames, ``size`` to a batch; blank lines skipped."""
     batch: list[IncomingFrame] = []
     for number, raw in lines:
         if not raw.strip():

@@ -161,3 +161,25 @@ def test_the_log_commits_durably_and_the_projections_need_not(db_url: str) -> No
                 assert cur.fetchone()[0] == "on"
     finally:
         db.close()
+
+
+def test_a_new_sqlite_file_gets_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    import sqlite3
+
+    from adapters.storage import SQLITE_PAGE_SIZE
+
+    def page_size(path: Path) -> int:
+        with sqlite3.connect(path) as conn:
+            return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    new = tmp_path / "new.sqlite"
+    open_database(str(new)).close()
+    assert page_size(new) == SQLITE_PAGE_SIZE != 4096
+
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE earlier (x)")
+    open_database(str(old)).close()
+    assert page_size(old) == 4096

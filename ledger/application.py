@@ -176,6 +176,11 @@ class Ledger:
         #: claim seen committed stays claimed: skipping it is safe, and an id not in
         #: here is asked of the store, whose key has the final word anyway.
         self._claimed: dict[str, str] = {}
+        #: True while the last look-up found none of its batch's ids in the store (a new
+        #: capture, a live session's new fills): the next batch is then planned without
+        #: one. The store's key still has the final word: a batch that meets an id already
+        #: there fails whole, and is planned again with the look-up.
+        self._expect_new = False
 
     def append(self, frames: Sequence[IncomingFrame]) -> AppendReport:
         """Append a batch in one transaction; see the module docstring."""
@@ -191,7 +196,9 @@ class Ledger:
             try:
                 return self._commit(events, report)
             except IntegrityError:
-                # A concurrent writer got some of these ids in first; plan again.
+                # Some of these ids are in the log already (a concurrent writer got them in
+                # first, or a batch planned without the look-up met them): plan again.
+                self._expect_new = False
                 continue
         raise RuntimeError(f"could not append a batch after {MAX_ATTEMPTS} attempts")
 
@@ -233,7 +240,8 @@ class Ledger:
     def _plan(self, planned: Sequence[Planned]) -> tuple[list[StoredEvent], AppendReport]:
         """The events that would append this batch, and what they would do."""
         # Claims already known to be made need no query; neither do ids of live frames
-        # (random, never seen before). One query for every other id the batch could append.
+        # (random, never seen before). One query for every other id the batch could append,
+        # unless the last one found nothing (see ``_expect_new``).
         remembered = self._claimed
         known_digests: dict[str, str | None] = {}
         ids = dict.fromkeys(fid for frame, fid, _ in planned if frame.may_be_in_log())
@@ -246,7 +254,10 @@ class Ledger:
                     known_digests[fill_id] = digest
                 else:
                     ids[claim_id(fill_id)] = None
-        known = self.store.existing(list(ids)) if ids else {}
+        known: dict[uuid.UUID, bytes] = {}
+        if ids and not self._expect_new:
+            known = self.store.existing(list(ids))
+            self._expect_new = not known
         #: Fill id -> the digest claimed by this batch.
         claimed_here: dict[str, str] = {}
         events: list[StoredEvent] = []

@@ -87,3 +87,57 @@ def test_claims_made_here_and_live_frame_ids_are_not_asked_of_the_store(
     asked.clear()
     report = ledger.append([live(raw)])  # the same fills again, in a new live frame
     assert asked == [] and report.fills_duplicate == len(parse(raw).fills)
+
+
+def _disjoint_pair(frames: list[bytes]) -> tuple[bytes, bytes]:
+    """Two frames that share no fill id."""
+    first = frames[0]
+    ids = {fill.fill_id for fill in parse(first).fills}
+    for raw in frames[1:]:
+        if not ids & {fill.fill_id for fill in parse(raw).fills}:
+            return first, raw
+    raise AssertionError("no two frames with distinct fills")
+
+
+def test_after_a_look_up_that_found_nothing_the_next_batch_needs_none(
+    store: Database, db_url: str, frames_with_fills: list[bytes]
+) -> None:
+    first, second = _disjoint_pair(frames_with_fills)
+    asked: list[int] = []
+    existing = store.existing
+
+    def counting(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        asked.append(len(ids))
+        return existing(ids)
+
+    store.existing = counting  # type: ignore[method-assign]
+    ledger = Ledger(store, parse)
+    ledger.append([live(first)])
+    assert asked == [len(parse(first).fills)]  # found nothing
+
+    asked.clear()
+    report = ledger.append([live(second)])
+    assert asked == []
+    assert report.fills_new == len(parse(second).fills)
+    assert count_topic(db_url, FILL_CLAIMED) == len(parse(first).fills) + len(parse(second).fills)
+
+
+def test_a_batch_planned_without_a_look_up_that_meets_a_claim_is_planned_again(
+    store: Database, db_url: str, frames_with_fills: list[bytes]
+) -> None:
+    """Another writer claims the fills first: the batch fails whole on the store's key,
+    is planned again with the look-up, and books nothing twice."""
+    first, second = _disjoint_pair(frames_with_fills)
+    ledger = Ledger(store, parse)
+    ledger.append([live(first)])  # its look-up found nothing: the next batch skips it
+
+    other_process = open_database(db_url)
+    try:
+        Ledger(other_process, parse).append([live(second)])
+    finally:
+        other_process.close()
+
+    fills = len(parse(second).fills)
+    report = ledger.append([live(second)])
+    assert (report.appended, report.fills_new, report.fills_duplicate) == (1, 0, fills)
+    assert count_topic(db_url, FILL_CLAIMED) == len(parse(first).fills) + fills

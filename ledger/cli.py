@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -21,11 +22,13 @@ from rich.table import Table
 
 from adapters.deltadefi.frames import normalise_timestamp
 from adapters.storage import DatabaseUnavailable, DatabaseURLError, parse_url
-from ledger.application import AppendReport
+from ledger.application import AppendReport, numbered_batches
 from ledger.bootstrap import LedgerServices, open_ledger
+from ledger.parse_ahead import ParseAhead
 from ledger.settings import LedgerSettings
 from projections import reports
 from projections.follower import Follower
+from projections.forking import can_fork
 from projections.runner import Replay, Window, verify
 from projections.state import LedgerState
 
@@ -176,19 +179,26 @@ def ingest(
         batch_size = FILE_BATCH if path != "-" and into_sqlite else BATCH
     source, lines = _numbered_lines(path)
     started = time.perf_counter()
-    # Forked before this process opens the database: the projections follow the log in a
-    # second process while this one appends (see projections.follower). It costs a second
-    # parse of every frame, so it only pays for a long input on a machine with a spare CPU.
-    follow = (os.cpu_count() or 1) > 1 and (
-        path == "-" or Path(path).stat().st_size >= FOLLOWER_MIN_BYTES
+    # A second process, forked before this one opens the database, puts a second CPU to
+    # work. For a file it parses the frames for this one and projects the log behind it
+    # (see ledger.parse_ahead); for stdin, which may be a live feed, it only projects (see
+    # projections.follower), parsing every frame a second time. Neither pays for a short
+    # input.
+    helper = (
+        (os.cpu_count() or 1) > 1
+        and can_fork()
+        and (path == "-" or Path(path).stat().st_size >= FOLLOWER_MIN_BYTES)
     )
-    with Follower(_db_url(), start=follow) as follower, _services() as services:
+    with contextlib.ExitStack() as stack:
+        ahead = stack.enter_context(ParseAhead(_db_url())) if helper and path != "-" else None
+        follower = stack.enter_context(Follower(_db_url(), start=helper and ahead is None))
+        services = stack.enter_context(_services())
         bar, update = _progress("ingest", not as_json)
         seen = {"frames": 0}
 
         def on_batch(report: AppendReport) -> None:
             seen["frames"] += report.frames
-            if not follower.running:
+            if not follower.running and (ahead is None or ahead.failure is not None):
                 # Projected right after it is appended, while its parses are fresh (see
                 # adapters.deltadefi.fast_path), so the views follow the import.
                 services.projector.catch_up()
@@ -198,12 +208,21 @@ def ingest(
         if bar:
             bar.start()
         try:
-            report = services.ledger.ingest_lines(
-                lines, source, on_batch=on_batch, batch_size=batch_size
+            reader = services.ledger.reader
+            batches = numbered_batches(lines, source, batch_size)
+            planned = (
+                ahead.plan(batches, reader)
+                if ahead is not None
+                else (reader.plan(batch) for batch in batches)
             )
-            if follower.finish() is not None and not as_json:
-                err.print("[yellow]note:[/] the projector process stopped; projecting here")
-            # A no-op when the follower got to the head; the whole catch-up when it did not.
+            report = services.ledger.ingest_read(planned, on_batch=on_batch)
+            helper_failure = ahead.finish() if ahead is not None else follower.finish()
+            if helper_failure is not None and not as_json:
+                err.print(
+                    f"[yellow]note:[/] the helper process stopped ({helper_failure}); "
+                    "parsing and projecting here"
+                )
+            # A no-op when the helper got to the head; the whole catch-up when it did not.
             services.projector.catch_up()
         finally:
             if bar:

@@ -112,7 +112,7 @@ def test_the_append_path_digest_memory_never_exceeds_its_bound(
 ) -> None:
     monkeypatch.setattr(application, "DIGEST_MEMORY", 40)
     services = open_ledger(sqlite_url)
-    digests = services.ledger._digests = _WatchedDict()
+    digests = services.ledger.reader._digests = _WatchedDict()
     try:
         raws = _session_frames(600, seed=5)
         for start in range(0, len(raws), 25):

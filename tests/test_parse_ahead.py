@@ -1,0 +1,111 @@
+"""Parsing ahead: an import whose frames are parsed, and whose log is projected, by a
+second process writes exactly what an import parsed in one process writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import dump_log, make_capture
+
+from adapters.deltadefi.frames import parse
+from adapters.storage import open_database
+from ledger.application import AppendReport, IncomingFrame, Ledger, numbered_batches
+from ledger.parse_ahead import ParseAhead
+from projections.runner import Projector, verify
+
+RECEIVED_AT = "2026-11-24T09:00:00.000000Z"
+
+
+def _batches(capture: Path, size: int) -> Iterator[list[IncomingFrame]]:
+    lines = enumerate(capture.read_bytes().split(b"\n"), start=1)
+    return numbered_batches(lines, "file:session", size, lambda: RECEIVED_AT)
+
+
+def _import_here(url: str, capture: Path) -> AppendReport:
+    db = open_database(url)
+    try:
+        ledger = Ledger(db, parse)
+        report = ledger.ingest_read(ledger.reader.plan(b) for b in _batches(capture, 150))
+        Projector(db).catch_up()
+        return report
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Path:
+    path = tmp_path / "session.jsonl"
+    make_capture(path, 1200, seed=11, malformed_rate=0.02)
+    return path
+
+
+def test_a_log_parsed_ahead_is_byte_for_byte_the_log_parsed_here(
+    db_url: str, tmp_path: Path, capture: Path
+) -> None:
+    here = str(tmp_path / "here.sqlite")
+    expected = _import_here(here, capture)
+
+    with ParseAhead(db_url) as ahead:
+        db = open_database(db_url)
+        try:
+            ledger = Ledger(db, parse)
+            report = ledger.ingest_read(ahead.plan(_batches(capture, 150), ledger.reader))
+            assert ahead.finish(timeout=120) is None
+            projector = Projector(db)
+            # The child projected the whole log: nothing is left for this process.
+            assert projector.position == db.head() == report.log_position
+            assert verify(db).ok
+        finally:
+            db.close()
+
+    assert report.as_json() == expected.as_json()
+    assert report.rejected > 0 and report.fills_duplicate > 0
+    ahead_log = [row[1:] for row in dump_log(db_url)]
+    assert ahead_log == [row[1:] for row in dump_log(here)]
+
+
+def test_when_the_parsing_process_dies_the_import_parses_here(
+    sqlite_url: str, tmp_path: Path, capture: Path
+) -> None:
+    here = str(tmp_path / "here.sqlite")
+    expected = _import_here(here, capture)
+
+    with ParseAhead(sqlite_url) as ahead:
+        db = open_database(sqlite_url)
+        try:
+            ledger = Ledger(db, parse)
+            batches = ahead.plan(_batches(capture, 150), ledger.reader)
+            total = AppendReport()
+            for number, batch in enumerate(batches):
+                total.add(ledger.append_read(batch))
+                if number == 1:
+                    assert ahead.pid is not None
+                    os.kill(ahead.pid, signal.SIGKILL)
+            assert ahead.failure is not None
+            assert ahead.finish(timeout=10) == ahead.failure
+            Projector(db).catch_up()
+            assert verify(db).ok
+        finally:
+            db.close()
+
+    assert total.as_json() | {"log_position": 0} == expected.as_json() | {"log_position": 0}
+    assert [row[1:] for row in dump_log(sqlite_url)] == [row[1:] for row in dump_log(here)]
+
+
+def test_a_parsing_process_that_cannot_open_the_database_says_why(
+    sqlite_url: str, tmp_path: Path, capture: Path
+) -> None:
+    with ParseAhead(str(tmp_path / "no-such-folder" / "ledger.sqlite")) as ahead:
+        db = open_database(sqlite_url)
+        try:
+            ledger = Ledger(db, parse)
+            report = ledger.ingest_read(ahead.plan(_batches(capture, 150), ledger.reader))
+        finally:
+            db.close()
+        error = ahead.finish(timeout=10)
+    assert error is not None and "does not exist" in error
+    assert report.frames == len([line for line in capture.read_bytes().split(b"\n") if line.strip()])

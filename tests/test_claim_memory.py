@@ -36,6 +36,20 @@ def store(db_url: str) -> Iterator[Database]:
     db.close()
 
 
+@pytest.fixture
+def asked(store: Database) -> list[int]:
+    """The number of ids in each look-up the store is asked for, in order."""
+    sizes: list[int] = []
+    existing = store.existing
+
+    def counting(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        sizes.append(len(ids))
+        return existing(ids)
+
+    store.existing = counting  # type: ignore[method-assign]
+    return sizes
+
+
 def live(raw: bytes) -> IncomingFrame:
     return IncomingFrame(raw=raw, source="ws", received_at="2026-11-24T09:00:00.000000Z")
 
@@ -69,16 +83,8 @@ def test_a_fill_another_writer_claimed_is_found_in_the_store(
 
 
 def test_claims_made_here_and_live_frame_ids_are_not_asked_of_the_store(
-    store: Database, frames_with_fills: list[bytes]
+    store: Database, asked: list[int], frames_with_fills: list[bytes]
 ) -> None:
-    asked: list[int] = []
-    existing = store.existing
-
-    def counting(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
-        asked.append(len(ids))
-        return existing(ids)
-
-    store.existing = counting  # type: ignore[method-assign]
     ledger = Ledger(store, parse)
     raw = frames_with_fills[0]
     ledger.append([live(raw)])
@@ -100,17 +106,9 @@ def _disjoint_pair(frames: list[bytes]) -> tuple[bytes, bytes]:
 
 
 def test_after_a_look_up_that_found_nothing_the_next_batch_needs_none(
-    store: Database, db_url: str, frames_with_fills: list[bytes]
+    store: Database, asked: list[int], db_url: str, frames_with_fills: list[bytes]
 ) -> None:
     first, second = _disjoint_pair(frames_with_fills)
-    asked: list[int] = []
-    existing = store.existing
-
-    def counting(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
-        asked.append(len(ids))
-        return existing(ids)
-
-    store.existing = counting  # type: ignore[method-assign]
     ledger = Ledger(store, parse)
     ledger.append([live(first)])
     assert asked == [len(parse(first).fills)]  # found nothing

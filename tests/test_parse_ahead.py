@@ -25,13 +25,16 @@ def _batches(capture: Path, size: int) -> Iterator[list[IncomingFrame]]:
     return numbered_batches(lines, "file:session", size, lambda: RECEIVED_AT)
 
 
-def _import_here(url: str, capture: Path) -> AppendReport:
+@pytest.fixture
+def imported_here(tmp_path: Path, capture: Path) -> tuple[str, AppendReport]:
+    """The capture imported in this process alone: the database and the report."""
+    url = str(tmp_path / "here.sqlite")
     db = open_database(url)
     try:
         ledger = Ledger(db, parse)
         report = ledger.ingest_read(ledger.reader.plan(b) for b in _batches(capture, 150))
         Projector(db).catch_up()
-        return report
+        return url, report
     finally:
         db.close()
 
@@ -44,10 +47,9 @@ def capture(tmp_path: Path) -> Path:
 
 
 def test_a_log_parsed_ahead_is_byte_for_byte_the_log_parsed_here(
-    db_url: str, tmp_path: Path, capture: Path
+    db_url: str, capture: Path, imported_here: tuple[str, AppendReport]
 ) -> None:
-    here = str(tmp_path / "here.sqlite")
-    expected = _import_here(here, capture)
+    here, expected = imported_here
 
     with ParseAhead(db_url) as ahead:
         db = open_database(db_url)
@@ -69,10 +71,9 @@ def test_a_log_parsed_ahead_is_byte_for_byte_the_log_parsed_here(
 
 
 def test_when_the_parsing_process_dies_the_import_parses_here(
-    sqlite_url: str, tmp_path: Path, capture: Path
+    sqlite_url: str, capture: Path, imported_here: tuple[str, AppendReport]
 ) -> None:
-    here = str(tmp_path / "here.sqlite")
-    expected = _import_here(here, capture)
+    here, expected = imported_here
 
     with ParseAhead(sqlite_url) as ahead:
         db = open_database(sqlite_url)

@@ -27,7 +27,7 @@ from typing import Any
 from adapters.storage import open_database
 from ledger.application import FrameReader, FrameReading, IncomingFrame, Parser, Planned
 from ledger.domain import ParsedFrame
-from projections.forking import FORK, parent_gone, start_child
+from projections.forking import FORK, end_child, parent_gone, start_child
 from projections.runner import Projector
 
 #: How often the child, with no batch to parse, looks for the appender's last commits.
@@ -132,9 +132,7 @@ class ParseAhead:
 
     def stop(self) -> None:
         """End the child now (its uncommitted page is simply redone by the next catch-up)."""
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join()
+        end_child(self._process)
 
     def __enter__(self) -> ParseAhead:
         return self

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from adapters.storage import open_database
-from projections.forking import FORK, can_fork, parent_gone, start_child
+from projections.forking import FORK, can_fork, end_child, parent_gone, start_child
 from projections.runner import Projector
 
 #: How often an idle follower looks for new events (it is also woken by ``finish``).
@@ -71,11 +71,8 @@ class Follower:
 
     def stop(self) -> None:
         """End the child now (its uncommitted page is simply redone by the next catch-up)."""
-        if self._process is None:
-            return
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join()
+        if self._process is not None:
+            end_child(self._process)
 
     def __enter__(self) -> Follower:
         return self

@@ -46,6 +46,13 @@ def start_child(name: str, target: Callable[..., None], *args: Any) -> ForkProce
     return process
 
 
+def end_child(process: ForkProcess) -> None:
+    """Kill ``process`` if it still runs, and reap it."""
+    if process.is_alive():
+        process.kill()
+    process.join()
+
+
 def parent_gone(parent: int) -> bool:
     return os.getppid() != parent
 

@@ -33,7 +33,7 @@ from typing import Any
 from adapters.storage import Database
 from ledger.domain import ParsedFrame
 from ledger.events import FRAME_TOPICS, SCHEMA_VERSION, split_state
-from projections.forking import FORK, parent_gone, start_child
+from projections.forking import FORK, end_child, parent_gone, start_child
 
 Parser = Callable[[bytes], ParsedFrame]
 #: One event of a page: (log position, topic, stored state).
@@ -110,9 +110,7 @@ class ReadAhead:
         if not self._open:
             return
         self._open = False
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join()
+        end_child(self._process)
         self._pages.close()
 
 

@@ -6,8 +6,11 @@ general reader decodes JSON with the standard library and then runs pydantic
 over Python objects, calling a Python validator for every number, id and time
 of every record of every frame. Here pydantic-core validates the frame's shape
 straight from the JSON bytes (in Rust, skipping the fields booking ignores), and
-each distinct execution record is turned into a ``Fill`` once, by the very field
-validators the ``frames`` models use, then remembered.
+each distinct execution record is turned into a ``Fill`` once, then remembered. Ids
+and the order's side go through the very field validators the ``frames`` models
+use; amounts and times are read by lean readers that accept only the plain forms
+the exchange writes (``"0.4347"``, ``"2026-03-20T09:00:00.921Z"``), for which the
+models' validators give the same value, and doubt everything else.
 
 The contract: ``read_order_info(raw)`` returns either ``None`` ("ask the general
 reader") or exactly the ``ParsedFrame`` that the general reader would return.
@@ -32,15 +35,18 @@ at run time).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal, NotRequired
 
 from pydantic import PlainValidator, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from adapters.deltadefi import frames
-from adapters.deltadefi.units import fee_in_asset, split_symbol
+from adapters.deltadefi.units import fee_asset, fee_in_asset, split_symbol
 from ledger.domain import Fill, ParsedFrame, Side
 
 
@@ -104,17 +110,14 @@ def _mirrors_models() -> bool:
         and _plain_text(rec, "commission_unit", None)
         and _plain_text(order, "symbol", None)
         and _plain_text(order, "status", "")
-        and all(
-            _validator(rec, name) is not None
-            for name in (
-                "id",
-                "execution_price",
-                "filled_base_qty",
-                "filled_quote_qty",
-                "commission",
-                "created_at",
-            )
-        )
+        and _validator(rec, "id") is not None
+        # The fields read here by lean readers of their plain forms: exactly the rules
+        # those readers mirror (see ``_amount``, ``_positive_amount``, ``_time``).
+        and _validator(rec, "execution_price") is frames._positive
+        and _validator(rec, "filled_base_qty") is frames._positive
+        and _validator(rec, "filled_quote_qty") is frames._non_negative
+        and _validator(rec, "commission") is frames._non_negative
+        and _validator(rec, "created_at") is frames.normalise_timestamp
         and _validator(order, "id") is not None
         and _validator(order, "side") is not None
     )
@@ -123,11 +126,6 @@ def _mirrors_models() -> bool:
 ENABLED = _mirrors_models()
 
 _fill_id = _validator(frames.ExecutionRecord, "id")
-_price = _validator(frames.ExecutionRecord, "execution_price")
-_base_qty = _validator(frames.ExecutionRecord, "filled_base_qty")
-_quote_qty = _validator(frames.ExecutionRecord, "filled_quote_qty")
-_commission = _validator(frames.ExecutionRecord, "commission")
-_executed_at = _validator(frames.ExecutionRecord, "created_at")
 _order_id = _validator(frames.Order, "id")
 _side = _validator(frames.Order, "side")
 
@@ -178,6 +176,7 @@ def forget() -> None:
         _recent_bytes = 0
     _orders.clear()
     _fills.clear()
+    _fee_assets.clear()
 
 
 def _order_context(order_id: str, symbol: str, side: str) -> tuple[str, str, str, str, Side]:
@@ -193,10 +192,66 @@ def _order_context(order_id: str, symbol: str, side: str) -> tuple[str, str, str
     return context
 
 
+class _Doubt(Exception):
+    """Internal: a field not in the plain form read here; the general reader decides."""
+
+
+#: An amount as the exchange writes it: ASCII digits with at most one point, no sign,
+#: exponent or space, and short enough for every range and digit check of
+#: ``frames._decimal`` to pass. For such a text the general reader's ``Decimal`` is
+#: ``Decimal(text)``; any other form (zero included, where it must be positive) is
+#: left to it.
+_PLAIN_AMOUNT = re.compile(r"[0-9]{1,30}(?:\.[0-9]{1,30})?")
+#: An RFC 3339 UTC time as the exchange writes it: milli- or microseconds, a ``Z``,
+#: years 1000 to 9999 and hours 00 to 23. Once the calendar accepts it,
+#: ``frames.normalise_timestamp`` only pads the fraction to six digits.
+_PLAIN_TIME = re.compile(
+    r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-9]{2}:[0-9]{2}"
+    r"\.(?:[0-9]{3}|[0-9]{6})Z"
+)
+_fee_assets: dict[tuple[str, str], tuple[str, bool]] = {}
+
+
+def _amount(text: str) -> Decimal:
+    if _PLAIN_AMOUNT.fullmatch(text) is None:
+        raise _Doubt
+    return Decimal(text)
+
+
+def _positive_amount(text: str) -> Decimal:
+    number = _amount(text)
+    if not number:
+        raise _Doubt
+    return number
+
+
+def _time(text: str) -> str:
+    if _PLAIN_TIME.fullmatch(text) is None:
+        raise _Doubt
+    datetime.fromisoformat(text[:-1])  # the calendar's check (no 30 February): ValueError
+    return text if len(text) == 27 else text[:-1] + "000Z"
+
+
+def _fee(commission: str, unit: str, received: str) -> tuple[Decimal, str]:
+    amount = _amount(commission)
+    key = (unit, received)
+    rule = _fee_assets.get(key)
+    if rule is None:
+        rule = fee_asset(unit, received)
+        if len(_fee_assets) >= _MEMO_LIMIT:
+            _fee_assets.clear()
+        _fee_assets[key] = rule
+    asset, in_lovelace = rule
+    if in_lovelace:
+        return fee_in_asset(amount, unit, received)
+    return amount, asset
+
+
 def _fill(context: tuple[str, str, str, str, Side], rec: _RecordJSON) -> Fill:
     order_id, symbol, base, quote, side = context
-    received = base if side is Side.BUY else quote
-    fee, fee_asset = fee_in_asset(_commission(rec["commission"]), rec["commission_unit"], received)
+    fee, fee_asset_ = _fee(
+        rec["commission"], rec["commission_unit"], base if side is Side.BUY else quote
+    )
     fill = Fill(
         fill_id=_fill_id(rec["id"]),
         order_id=rec.get("order_id", "") or order_id,
@@ -204,17 +259,17 @@ def _fill(context: tuple[str, str, str, str, Side], rec: _RecordJSON) -> Fill:
         base_asset=base,
         quote_asset=quote,
         side=side,
-        price=_price(rec["execution_price"]),
-        quantity=_base_qty(rec["filled_base_qty"]),
-        quote_amount=_quote_qty(rec["filled_quote_qty"]),
+        price=_positive_amount(rec["execution_price"]),
+        quantity=_positive_amount(rec["filled_base_qty"]),
+        quote_amount=_amount(rec["filled_quote_qty"]),
         fee=fee,
-        fee_asset=fee_asset,
+        fee_asset=fee_asset_,
         role=rec.get("role", ""),
-        executed_at=_executed_at(rec["created_at"]),
+        executed_at=_time(rec["created_at"]),
     )
     # The reader's own last check (text no store can keep), once per distinct record.
-    if frames._refuse_unsafe_text(ParsedFrame(kind="order_info", fills=(fill,))).rejected:
-        raise ValueError("unsafe text")
+    if frames.unsafe_text_field(fill) is not None:
+        raise _Doubt
     return fill
 
 

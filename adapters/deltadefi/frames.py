@@ -477,12 +477,21 @@ def _refuse_unsafe_text(parsed: ParsedFrame) -> ParsedFrame:
     crash the projection of every later page (PostgreSQL refuses NUL in TEXT) or the
     append itself (a surrogate cannot be encoded)."""
     for fill in parsed.fills:
-        for name in ("fill_id", "order_id", "role"):
-            if has_unsafe_text(getattr(fill, name)):
-                return ParsedFrame.reject(
-                    f"{parsed.kind}: {name} holds a control character or invalid unicode"
-                )
+        name = unsafe_text_field(fill)
+        if name is not None:
+            return ParsedFrame.reject(
+                f"{parsed.kind}: {name} holds a control character or invalid unicode"
+            )
     return parsed
+
+
+def unsafe_text_field(fill: Fill) -> str | None:
+    """The first of the fill's text fields copied from the frame as it came that holds
+    text no store can keep, or None."""
+    for name in ("fill_id", "order_id", "role"):
+        if has_unsafe_text(getattr(fill, name)):
+            return name
+    return None
 
 
 def _read(raw: bytes) -> ParsedFrame:

@@ -68,17 +68,26 @@ def fee_in_asset(amount: Decimal, unit: str, received_asset: str) -> tuple[Decim
     unit is the asset received, because DeltaDeFi charges fees in the asset the
     trade delivers (base on buys, quote on sells). Anything else is an error.
     """
+    asset, in_lovelace = fee_asset(unit, received_asset)
+    if in_lovelace:
+        with localcontext(_EXACT):
+            return amount / LOVELACE_PER_ADA, asset
+    return amount, asset
+
+
+def fee_asset(unit: str, received_asset: str) -> tuple[str, bool]:
+    """The asset a commission given in ``unit`` is paid in, and whether its amount is
+    in lovelace (to be divided by 1,000,000): ``fee_in_asset`` without the amount."""
     text = unit.strip()
     if text.lower() == "lovelace":
-        with localcontext(_EXACT):
-            return amount / LOVELACE_PER_ADA, "ADA"
+        return "ADA", True
     if text == "":
-        return amount, "ADA"
+        return "ADA", False
     if _POLICY_UNIT.match(text.lower()):
-        return amount, received_asset
+        return received_asset, False
     upper = text.upper()
     if _ASSET.match(upper) and (upper in QUOTE_SUFFIXES or upper == received_asset):
-        return amount, upper
+        return upper, False
     if _ASSET.match(upper) and upper in {b for b, _ in KNOWN_PAIRS.values()}:
-        return amount, upper
+        return upper, False
     raise UnitError(f"unknown commission unit {unit!r}")

@@ -167,10 +167,11 @@ class _RecentParses:
 
 
 def _parse_and_project(parent: int, url: str, conn: Connection) -> None:
-    from adapters.deltadefi.frames import parse
+    # Not ``frames.parse``: this process keeps its own memory of recent parses.
+    from adapters.deltadefi.frames import read
 
     try:
-        parses = _RecentParses(parse)
+        parses = _RecentParses(read)
         reader = FrameReader(parses.parse_and_keep)
         db = open_database(url)
         try:

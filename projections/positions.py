@@ -51,28 +51,32 @@ class AverageCost:
 
     def apply(self, signed_qty: Decimal, price: Decimal) -> None:
         with localcontext(EXACT):
-            held = self.quantity
-            if held == 0 or _sign(held) == _sign(signed_qty):
-                self.quantity = held + signed_qty
-                self.cost += abs(signed_qty) * price
-                return
-            closing = min(abs(held), abs(signed_qty))
-            # Closing everything releases the whole basis: no quotient, no rounding. A partial
-            # release is rounded, but every sum below is exact, so the rounding cancels when
-            # the rest of the basis is released.
-            if closing == abs(held):
-                released = self.cost
-            else:
-                with localcontext(QUOTIENT):
-                    released = self.cost * closing / abs(held)
-            # For a long, P&L = closed x price - cost released; for a short, the negative.
-            self.realized += _sign(held) * (closing * price - released)
-            self.cost -= released
+            self.apply_exactly(signed_qty, price)
+
+    def apply_exactly(self, signed_qty: Decimal, price: Decimal) -> None:
+        """``apply`` for a caller that is already in the ``EXACT`` context."""
+        held = self.quantity
+        if held == 0 or _sign(held) == _sign(signed_qty):
             self.quantity = held + signed_qty
-            if self.quantity == 0:
-                self.cost = ZERO
-            elif _sign(self.quantity) != _sign(held):
-                self.cost = abs(self.quantity) * price
+            self.cost += abs(signed_qty) * price
+            return
+        closing = min(abs(held), abs(signed_qty))
+        # Closing everything releases the whole basis: no quotient, no rounding. A partial
+        # release is rounded, but every sum below is exact, so the rounding cancels when
+        # the rest of the basis is released.
+        if closing == abs(held):
+            released = self.cost
+        else:
+            with localcontext(QUOTIENT):
+                released = self.cost * closing / abs(held)
+        # For a long, P&L = closed x price - cost released; for a short, the negative.
+        self.realized += _sign(held) * (closing * price - released)
+        self.cost -= released
+        self.quantity = held + signed_qty
+        if self.quantity == 0:
+            self.cost = ZERO
+        elif _sign(self.quantity) != _sign(held):
+            self.cost = abs(self.quantity) * price
 
 
 @dataclass
@@ -99,19 +103,23 @@ class FifoLots:
 
     def apply(self, signed_qty: Decimal, price: Decimal) -> None:
         with localcontext(EXACT):
-            remaining = signed_qty
-            while remaining != 0 and self.lots and _sign(self.lots[0][0]) != _sign(remaining):
-                lot_qty, lot_price = self.lots[0]
-                take = min(abs(lot_qty), abs(remaining))
-                self.realized += _sign(lot_qty) * take * (price - lot_price)
-                left = lot_qty - _sign(lot_qty) * take
-                if left == 0:
-                    self.lots.popleft()
-                else:
-                    self.lots[0] = (left, lot_price)
-                remaining += _sign(lot_qty) * take
-            if remaining != 0:
-                self.lots.append((remaining, price))
+            self.apply_exactly(signed_qty, price)
+
+    def apply_exactly(self, signed_qty: Decimal, price: Decimal) -> None:
+        """``apply`` for a caller that is already in the ``EXACT`` context."""
+        remaining = signed_qty
+        while remaining != 0 and self.lots and _sign(self.lots[0][0]) != _sign(remaining):
+            lot_qty, lot_price = self.lots[0]
+            take = min(abs(lot_qty), abs(remaining))
+            self.realized += _sign(lot_qty) * take * (price - lot_price)
+            left = lot_qty - _sign(lot_qty) * take
+            if left == 0:
+                self.lots.popleft()
+            else:
+                self.lots[0] = (left, lot_price)
+            remaining += _sign(lot_qty) * take
+        if remaining != 0:
+            self.lots.append((remaining, price))
 
 
 @dataclass
@@ -133,9 +141,10 @@ class Position:
     def apply(self, fill: Fill) -> None:
         """Fold one fill in; the caller guarantees execution order (see ``is_in_order``)."""
         signed = fill.quantity if fill.side.sign > 0 else -fill.quantity
-        self.average.apply(signed, fill.price)
-        self.fifo.apply(signed, fill.price)
+        # One exact context for the whole fill: entering one costs a context copy.
         with localcontext(EXACT):
+            self.average.apply_exactly(signed, fill.price)
+            self.fifo.apply_exactly(signed, fill.price)
             self.fees[fill.fee_asset] = self.fees.get(fill.fee_asset, ZERO) + fill.fee
             if fill.fee_asset == self.quote_asset:
                 self.fees_in_quote += fill.fee

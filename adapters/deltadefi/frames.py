@@ -460,14 +460,23 @@ def read_object(obj: Any) -> ParsedFrame:
 
 
 def parse(raw: bytes) -> ParsedFrame:
-    """Read one raw frame. Never raises for bad input: it rejects it, with a reason."""
+    """Read one raw frame. Never raises for bad input: it rejects it, with a reason.
+
+    The answers for the most recent frames are remembered: the projector, catching up
+    right after an append in the same process, reads the very same bytes back."""
     parsed = fast_path.recall(raw)
     if parsed is None:
-        # The fast path's answers are already checked (see adapters.deltadefi.fast_path).
-        parsed = fast_path.read_order_info(raw)
-        if parsed is None:
-            parsed = _refuse_unsafe_text(_read(raw))
+        parsed = read(raw)
         fast_path.remember(raw, parsed)
+    return parsed
+
+
+def read(raw: bytes) -> ParsedFrame:
+    """``parse`` without the memory of recent frames, for a caller that keeps its own."""
+    # The fast path's answers are already checked (see adapters.deltadefi.fast_path).
+    parsed = fast_path.read_order_info(raw)
+    if parsed is None:
+        parsed = _refuse_unsafe_text(_read(raw))
     return parsed
 
 

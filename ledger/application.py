@@ -49,6 +49,8 @@ class FrameReading(NamedTuple):
     claims: tuple[tuple[str, str], ...] = ()
 
 
+_NO_CLAIMS = FrameReading(None)
+
 #: A frame of a batch with its id and what appending it needs to know of it.
 Planned = tuple["IncomingFrame", uuid.UUID, FrameReading]
 
@@ -59,24 +61,27 @@ class FrameReader:
 
     def __init__(self, parse: Parser) -> None:
         self.parse = parse
-        self._digests: dict[str, tuple[Fill, str]] = {}
+        self._digests: dict[str, tuple[Fill, tuple[str, str]]] = {}
 
     def __call__(self, raw: bytes) -> FrameReading:
         parsed = self.parse(raw)
         if parsed.rejection is not None:
             return FrameReading(parsed.rejection)
-        return FrameReading(None, tuple((fill.fill_id, self.digest(fill)) for fill in parsed.fills))
+        if not parsed.fills:
+            return _NO_CLAIMS
+        return FrameReading(None, tuple([self.claim(fill) for fill in parsed.fills]))
 
-    def digest(self, fill: Fill) -> str:
-        """``fill.digest()``, remembered for the fill object (cleared whole when full)."""
+    def claim(self, fill: Fill) -> tuple[str, str]:
+        """``(fill id, fill.digest())``, remembered for the fill object (the fast path
+        hands out the same object for a repeated record; cleared whole when full)."""
         entry = self._digests.get(fill.fill_id)
         if entry is not None and entry[0] is fill:
             return entry[1]
-        digest = fill.digest()
+        claim = (fill.fill_id, fill.digest())
         if len(self._digests) >= DIGEST_MEMORY:
             self._digests.clear()
-        self._digests[fill.fill_id] = (fill, digest)
-        return digest
+        self._digests[fill.fill_id] = (fill, claim)
+        return claim
 
     def plan(self, frames: Sequence[IncomingFrame]) -> list[Planned]:
         """Each frame with its id and its reading: all the append needs of a batch."""

@@ -2,10 +2,10 @@
 
 A replay of a long log is two kinds of work: reading pages and parsing their frames
 (pure, and most of the time), and folding them into the state in log order (not
-divisible). ``ReadAhead`` forks a child that reads and parses two pages out of every
-three after a position, with the projector's own parser, handing each to the parent
-as it is ready; the parent reads and parses the third itself, and folds every page
-in order. (Handing the child every page would leave the parent idle: parsing and
+divisible). ``ReadAhead`` forks a child that reads and parses every other page after a
+position, with the projector's own parser, handing each to the parent as it is ready;
+the parent reads and parses the pages in between itself, and folds every page in
+order. (Handing the child every page would leave the parent idle: parsing and
 sending a page costs more than folding it.)
 
 What crosses the pipe is a page's parsed frames (fills, snapshot, rejection), their
@@ -114,9 +114,10 @@ class ReadAhead:
         self._pages.close()
 
 
-#: Pages the child reads and parses for each one it leaves to the parent: the parent
-#: also folds every page, so it gets the smaller share of the parsing.
-CHILD_PAGES = 2
+#: Pages the child reads and parses for each one it leaves to the parent. The parent
+#: also folds every page, but a page costs the child its pickling too: measured at
+#: 200,000 frames, one in two beat two in three (see docs/performance.md).
+CHILD_PAGES = 1
 
 #: Fills remembered as sent (cleared whole when full: forgetting only re-sends repeats).
 SENT_MEMORY = 100_000

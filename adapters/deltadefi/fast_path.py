@@ -40,7 +40,7 @@ import threading
 from collections import OrderedDict
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, NotRequired
+from typing import Any, Literal, NotRequired, TypeVar
 
 from pydantic import PlainValidator, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -129,6 +129,8 @@ _fill_id = _validator(frames.ExecutionRecord, "id")
 _order_id = _validator(frames.Order, "id")
 _side = _validator(frames.Order, "side")
 
+T = TypeVar("T")
+
 #: Bounded memories of pure functions of their keys: cleared whole when full.
 _MEMO_LIMIT = 20_000
 _orders: dict[tuple[str, str, str], tuple[str, str, str, str, Side]] = {}
@@ -179,16 +181,21 @@ def forget() -> None:
     _fee_assets.clear()
 
 
+def _keep(memo: dict[Any, T], key: Any, value: T) -> T:
+    """Remember ``value`` under ``key`` in a bounded memory (emptied whole when full)."""
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 def _order_context(order_id: str, symbol: str, side: str) -> tuple[str, str, str, str, Side]:
     key = (order_id, symbol, side)
     context = _orders.get(key)
     if context is None:
         # The order's own fields first, as the model validates them; then the symbol.
         checked_id, checked_side = _order_id(order_id), _side(side)
-        context = (checked_id, *split_symbol(symbol), checked_side)
-        if len(_orders) >= _MEMO_LIMIT:
-            _orders.clear()
-        _orders[key] = context
+        context = _keep(_orders, key, (checked_id, *split_symbol(symbol), checked_side))
     return context
 
 
@@ -237,10 +244,7 @@ def _fee(commission: str, unit: str, received: str) -> tuple[Decimal, str]:
     key = (unit, received)
     rule = _fee_assets.get(key)
     if rule is None:
-        rule = fee_asset(unit, received)
-        if len(_fee_assets) >= _MEMO_LIMIT:
-            _fee_assets.clear()
-        _fee_assets[key] = rule
+        rule = _keep(_fee_assets, key, fee_asset(unit, received))
     asset, in_lovelace = rule
     if in_lovelace:
         return fee_in_asset(amount, unit, received)
@@ -308,10 +312,7 @@ def read_order_info(raw: bytes) -> ParsedFrame | None:
             )
             fill = _fills.get(key)
             if fill is None:
-                fill = _fill(context, rec)
-                if len(_fills) >= _MEMO_LIMIT:
-                    _fills.clear()
-                _fills[key] = fill
+                fill = _keep(_fills, key, _fill(context, rec))
             fills.append(fill)
     except Exception:  # a validator's or the symbol's refusal: the general reader says why
         return None

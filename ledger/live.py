@@ -314,9 +314,7 @@ class Follower:
             self._stopping = True
             if timer:
                 timer.cancel()
-            for task in (reader, healer):
-                task.cancel()
-            await asyncio.gather(reader, healer, return_exceptions=True)
+            await cancel_and_wait((reader, healer), grace=self.options.stop_commit_timeout + 1.0)
             await self._drain()
             if self.stats.connected:
                 await self._disconnected(StreamClosed(1000, "stopped", "client"))
@@ -745,3 +743,19 @@ async def follow_until_stopped(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], *, grace: float) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any still
+    running ``grace`` seconds later: a cancellation can be lost (on Python 3.11,
+    ``asyncio.wait_for`` returns its inner result when that and the cancellation arrive
+    together), and a stopped follower must still return."""
+    for task in tasks:
+        task.cancel()
+    pending: set[asyncio.Task[Any]] = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            log.warning("stop.cancel_again", task=task.get_name())
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)  # done: collects their outcomes

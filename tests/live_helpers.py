@@ -4,6 +4,7 @@ and direct reads of what the ledger stored (plain sqlite3, independent of the co
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import secrets
@@ -30,6 +31,8 @@ from ledger.live_bootstrap import LiveConfig, follow_account
 
 REPO = Path(__file__).resolve().parent.parent
 LEDGER = [sys.executable, "-m", "ledger.cli"]
+#: How long ``follow_in_process`` lets a stopped follower take to return.
+STOP_WITHIN_S = 60.0
 
 #: Short backoff, keepalive and heal intervals: the tests run in seconds.
 FAST: dict[str, Any] = {
@@ -160,7 +163,20 @@ def follow_in_process(
         finally:
             stop.set()
         try:
-            return await task
+            # ``run`` returns within seconds of a stop (its contract): a follower that does
+            # not is a failure with its tasks' stacks, never a test that hangs.
+            done, _ = await asyncio.wait({task}, timeout=STOP_WITHIN_S)
+            if not done:
+                stacks = io.StringIO()
+                for pending in asyncio.all_tasks():
+                    if pending is not asyncio.current_task():
+                        pending.print_stack(file=stacks)
+                task.cancel()
+                raise AssertionError(
+                    f"follow_account did not return within {STOP_WITHIN_S} s of the stop:\n"
+                    + stacks.getvalue()
+                )
+            return task.result()
         finally:
             services.close()
 

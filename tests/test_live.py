@@ -46,7 +46,7 @@ from adapters.deltadefi.exchange import Faults
 from adapters.deltadefi.rest import RestClient, RetryPolicy
 from ledger.bootstrap import open_ledger
 from ledger.cli import app
-from ledger.live import Follower, FollowStats
+from ledger.live import Follower, FollowStats, cancel_and_wait
 from ledger.live_bootstrap import LiveConfig, follow_account
 from ledger.live_ports import AuthenticationError, SourceUnavailable
 from projections import reports
@@ -236,6 +236,37 @@ def test_stop_commits_every_received_frame(tmp_path: Path) -> None:
     assert stats.frames_ws > 500
     assert ws_frames == stats.frames_ws
     assert stats.uncommitted == 0
+
+
+def test_a_task_that_loses_its_cancellation_is_cancelled_again() -> None:
+    """On Python 3.11 ``asyncio.wait_for`` returns its inner result when that and a
+    cancellation arrive together: the healer can lose the stop's cancellation and go on
+    for ever. ``run`` must still return, so the stop cancels again after a grace period."""
+
+    async def main() -> tuple[bool, float]:
+        cancels = 0
+
+        async def loses_its_first_cancellation() -> None:
+            nonlocal cancels
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    cancels += 1
+                    if cancels > 1:
+                        raise
+
+        task = asyncio.create_task(loses_its_first_cancellation())
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        # Bounded here, so that a stop that never returns fails instead of hanging.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cancel_and_wait([task], grace=0.2), timeout=10)
+        return task.cancelled() and cancels == 2, time.monotonic() - started
+
+    ended_cancelled, seconds = asyncio.run(main())
+    assert ended_cancelled
+    assert seconds < 5
 
 
 def test_429_storms_are_retried_and_the_gaps_still_heal(tmp_path: Path) -> None:

@@ -121,8 +121,10 @@ def events(db: str, topic: str) -> list[dict[str, Any]]:
 
 
 def caught_up(db: str, ex: ExchangeThread) -> bool:
-    """The exchange's session is over and the ledger holds exactly its fills and balances."""
-    if not ex.call(lambda e: e.finished.is_set()):
+    """The exchange has sent its whole session and the ledger holds exactly its fills and
+    balances. (Once ``finished``, frames may still wait in a connection's queue, an older
+    balance snapshot among them: booked after the check, it would undo the match.)"""
+    if not ex.call(lambda e: e.sent_everything()):
         return False
     if not Path(db).exists():
         return False
@@ -259,7 +261,8 @@ def ledger_view(url: str) -> tuple[set[str], dict[str, dict[str, Decimal]]]:
 
 
 def caught_up_at(url: str, ex: ExchangeThread) -> bool:
-    if not ex.call(lambda e: e.finished.is_set()):
+    """``caught_up`` for a database of either kind."""
+    if not ex.call(lambda e: e.sent_everything()):
         return False
     want = truth(ex)
     fills, found = ledger_view(url)

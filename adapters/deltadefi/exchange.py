@@ -369,6 +369,11 @@ class LocalExchange:
             self._publish(index, raw)
         self.finished.set()
 
+    def sent_everything(self) -> bool:
+        """The session is over and no connection has a frame still waiting to be sent
+        (``finished`` alone only says every frame was generated and queued)."""
+        return self.finished.is_set() and all(c.queue.empty() for c in self._clients)
+
     def _publish(self, index: int, raw: str | bytes) -> None:
         self.stats.generated += 1
         self._delivered.append(0)

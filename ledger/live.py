@@ -16,6 +16,10 @@ Guarantees (each checked by tests/test_live.py against a local exchange):
   the same parser and dedup: each order re-wrapped verbatim as an ``order_info``
   frame. An order whose exact text is already in the log is not appended again
   (content-addressed id).
+- A REST balance snapshot is booked in the stream's order: after every websocket
+  frame received before its response, before any received after. The last
+  snapshot in the log is the newest one seen, never an older stream snapshot
+  that was still waiting to be committed.
 - A gap begins after the newest fill the websocket delivered before a disconnect
   (not any fill: a backfill running at the time may already have booked later
   ones). It is closed by a backfill that ran entirely after it with no new gap
@@ -43,7 +47,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -239,6 +243,15 @@ class _Fatal:
     error: BaseException
 
 
+@dataclass(frozen=True)
+class _InStreamOrder:
+    """REST frames to commit where they arrived in the stream: after every frame
+    received before them (``done`` gets the commit's report)."""
+
+    frames: Sequence[IncomingFrame]
+    done: asyncio.Future[AppendReport]
+
+
 class CaptureFile:
     """``--capture``: every received frame appended as one line (a newline inside a frame,
     which valid JSON only has as whitespace, becomes a space)."""
@@ -277,7 +290,9 @@ class Follower:
         self.options = options
         self.stats = FollowStats()
         self.listeners: list[AppendListener] = []
-        self._inbox: deque[StreamEvent | _Fatal] = deque()
+        self._inbox: deque[StreamEvent | _Fatal | _InStreamOrder] = deque()
+        #: The writer is taking the inbox in order (``run`` has started and not yet drained).
+        self._writing = False
         self._inbox_ready = asyncio.Event()
         self._capture = CaptureFile(options.capture) if options.capture else None
         self._heal_wakeup = asyncio.Event()
@@ -305,6 +320,7 @@ class Follower:
         timer = loop.call_later(duration, stop.set) if duration is not None else None
         # Whatever happened since the last run is a gap, as is any gap it left unhealed.
         self._gap_since = await self.store.open_gap_start()
+        self._writing = True
         reader = asyncio.create_task(self._read(), name="ledger-ws-reader")
         healer = asyncio.create_task(self._heal_loop(), name="ledger-healer")
         fatal: BaseException | None = None
@@ -316,6 +332,7 @@ class Follower:
                 timer.cancel()
             await cancel_and_wait((reader, healer), grace=self.options.stop_commit_timeout + 1.0)
             await self._drain()
+            self._writing = False
             if self.stats.connected:
                 await self._disconnected(StreamClosed(1000, "stopped", "client"))
             await self.store.project()
@@ -328,7 +345,7 @@ class Follower:
             raise fatal
         return self.stats
 
-    def _post(self, item: StreamEvent | _Fatal) -> None:
+    def _post(self, item: StreamEvent | _Fatal | _InStreamOrder) -> None:
         self._inbox.append(item)
         self._inbox_ready.set()
 
@@ -359,9 +376,12 @@ class Follower:
         finally:
             stopping.cancel()
 
-    async def _handle(self, first: StreamEvent | _Fatal) -> BaseException | None:
+    async def _handle(self, first: StreamEvent | _Fatal | _InStreamOrder) -> BaseException | None:
         if isinstance(first, _Fatal):
             return first.error
+        if isinstance(first, _InStreamOrder):
+            await self._commit_posted(first)
+            return None
         if isinstance(first, StreamOpened):
             await self._connected(first)
         elif isinstance(first, StreamClosed):
@@ -398,6 +418,34 @@ class Follower:
         self.stats.last_frame_at = events[-1].received_at
         await self.commit(frames)
 
+    async def _commit_in_stream_order(self, frames: Sequence[IncomingFrame]) -> AppendReport:
+        """Commit REST ``frames`` behind every websocket frame received so far (the writer
+        takes them from the inbox in turn); directly when no writer is running.
+
+        Once posted, the frames are committed even if the caller is cancelled: the stop
+        drains the inbox.
+        """
+        if not self._writing:
+            report = await self.commit(frames)
+            self.stats.frames_rest += len(frames)
+            return report
+        posted = _InStreamOrder(frames, asyncio.get_running_loop().create_future())
+        self._post(posted)
+        return await asyncio.shield(posted.done)
+
+    async def _commit_posted(self, posted: _InStreamOrder) -> None:
+        try:
+            report = await self.commit(posted.frames)
+        except asyncio.CancelledError:
+            posted.done.cancel()
+            raise
+        except Exception as exc:
+            posted.done.set_exception(exc)
+            raise
+        self.stats.frames_rest += len(posted.frames)
+        if not posted.done.done():
+            posted.done.set_result(report)
+
     def _scrub(self, raw: bytes) -> bytes:
         clean, masked = redact_bytes(raw)
         if masked:
@@ -413,7 +461,12 @@ class Follower:
         Once started, a commit runs to its end even if the caller is cancelled (a stop
         arriving mid-backfill): what is in the log is also in the capture.
         """
-        task = asyncio.ensure_future(self._commit(frames))
+        return await self._to_the_end(self._commit(frames))
+
+    async def _to_the_end(self, work: Coroutine[Any, Any, T]) -> T:
+        """Await ``work``; if the caller is cancelled meanwhile, let it finish first (up to
+        ``stop_commit_timeout``), then pass the cancellation on."""
+        task = asyncio.ensure_future(work)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -484,14 +537,27 @@ class Follower:
             event_id=uuid.uuid4(),
         )
 
-    async def _record(self, event: ConnectionEvent) -> None:
-        """Connection history is worth keeping, not worth stopping for: a failed write is logged."""
-        try:
-            await self.store.record(event)
-        except Exception as exc:
-            log.error(
-                "log.event_failed", topic=event.topic, error=redact(f"{type(exc).__name__}: {exc}")
-            )
+    async def _record(
+        self, event: ConnectionEvent, *, then: Callable[[], None] | None = None
+    ) -> None:
+        """Connection history is worth keeping, not worth stopping for: a failed write is
+        logged. Once started, the write runs to its end even if the caller is cancelled;
+        ``then`` runs once the event is in the log (stats that must agree with the log)."""
+
+        async def write() -> None:
+            try:
+                await self.store.record(event)
+            except Exception as exc:
+                log.error(
+                    "log.event_failed",
+                    topic=event.topic,
+                    error=redact(f"{type(exc).__name__}: {exc}"),
+                )
+                return
+            if then is not None:
+                then()
+
+        await self._to_the_end(write())
 
     async def _connected(self, opened: StreamOpened) -> None:
         self._connection_number += 1
@@ -642,12 +708,11 @@ class Follower:
                 gap_since=gap_since,
                 gap_healed=cleared,
                 seconds=report.seconds,
-            )
+            ),
+            # Counted once its event is in the log, and only then, so the stats and
+            # `ledger status` agree even when a stop cancels this backfill mid-write.
+            then=self._count_gap_healed if report.fills_recovered else None,
         )
-        # Counted once its event is in the log, so the stats never claim a heal that
-        # `ledger status` cannot see (a stop can cancel the append above).
-        if report.fills_recovered:
-            self.stats.gaps_healed += 1
         self.last_heal = report
         log.info(
             "heal.completed",
@@ -659,13 +724,16 @@ class Follower:
         )
         return report
 
+    def _count_gap_healed(self) -> None:
+        self.stats.gaps_healed += 1
+
     async def snapshot_balances(self) -> AppendReport:
         """``GET /accounts/balance`` into the log as a ``balance`` frame (source ``rest``)."""
         balance = await self.rest.balance_frame()
         frame = IncomingFrame(raw=self._scrub(balance), source=SOURCE_REST, received_at=utc_now())
-        report = await self.commit([frame])
-        self.stats.frames_rest += 1
-        return report
+        # In stream order: committed straight away, it could land before an older stream
+        # snapshot still waiting in the inbox, which would then undo it.
+        return await self._commit_in_stream_order([frame])
 
     async def _backfill_listing(
         self, kind: str, symbol: str, report: HealReport, gap_since: str | None

@@ -112,6 +112,22 @@ def balances(db: str) -> dict[str, dict[str, Decimal]]:
     return out
 
 
+def balance_frames(db: str) -> list[tuple[str, str]]:
+    """Every ``balance`` frame in log order, as (source, received at)."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT state FROM stored_events WHERE topic = 'ledger.events:FrameReceived'"
+            " ORDER BY rowid"
+        ).fetchall()
+    found = []
+    for (state,) in rows:
+        head, _, raw = bytes(state).partition(b"\n")
+        if json.loads(raw).get("sub_type") == "balance":
+            fields = json.loads(head)
+            found.append((fields["src"], fields["at"]))
+    return found
+
+
 def events(db: str, topic: str) -> list[dict[str, Any]]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
@@ -142,19 +158,24 @@ def follow_in_process(
     *,
     until: Callable[[], bool],
     timeout: float = 60.0,
+    started: Callable[[Follower], None] | None = None,
     **overrides: Any,
 ) -> tuple[FollowStats, Follower]:
-    """Run ``follow_account`` (what ``ledger run`` runs) until ``until()`` holds or ``timeout``."""
+    """Run ``follow_account`` (what ``ledger run`` runs) until ``until()`` holds or ``timeout``
+    (``started`` is handed the follower before it runs)."""
     settings = {"ws_url": ex.ws_url, "rest_url": ex.rest_url, **FAST, **overrides}
     config = LiveConfig(api_key=key, **settings)
     holder: dict[str, Follower] = {}
 
+    def hand_over(follower: Follower) -> None:
+        holder["f"] = follower
+        if started is not None:
+            started(follower)
+
     async def main() -> FollowStats:
         services = open_ledger(db)
         stop = asyncio.Event()
-        task = asyncio.create_task(
-            follow_account(services, config, stop=stop, started=lambda f: holder.update(f=f))
-        )
+        task = asyncio.create_task(follow_account(services, config, stop=stop, started=hand_over))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:

@@ -24,6 +24,7 @@ import pytest
 from live_helpers import (
     FAST,
     LEDGER,
+    balance_frames,
     balances,
     booked_fills,
     caught_up,
@@ -47,7 +48,7 @@ from adapters.deltadefi.rest import RestClient, RetryPolicy
 from ledger.bootstrap import open_ledger
 from ledger.cli import app
 from ledger.live import Follower, FollowStats, cancel_and_wait
-from ledger.live_bootstrap import LiveConfig, follow_account
+from ledger.live_bootstrap import LiveConfig, close_follower, follow_account, open_follower
 from ledger.live_ports import AuthenticationError, SourceUnavailable
 from projections import reports
 from projections.runner import verify
@@ -236,6 +237,66 @@ def test_stop_commits_every_received_frame(tmp_path: Path) -> None:
     assert stats.frames_ws > 500
     assert ws_frames == stats.frames_ws
     assert stats.uncommitted == 0
+
+
+def test_a_rest_balance_snapshot_is_booked_behind_the_stream_frames_received_before_it(
+    tmp_path: Path,
+) -> None:
+    """A slow writer leaves websocket frames waiting in the inbox while a backfill takes a
+    REST balance snapshot. Booked ahead of them, the snapshot would be undone by the older
+    stream snapshots among them (CI saw a run end on one). It is booked where it arrived:
+    along the log, the balance snapshots of both sources run in the order received."""
+    key = new_key()
+    db = str(tmp_path / "ledger.sqlite")
+
+    async def slow_listener(frames: Any, report: Any) -> None:
+        await asyncio.sleep(0.05)  # the writer falls behind; the reader goes on receiving
+
+    def started(follower: Follower) -> None:
+        follower.listeners.append(slow_listener)
+
+    with local_exchange(key, frames=3000, seed=13, rate=1000) as ex:
+        follow_in_process(db, ex, key, until=lambda: caught_up(db, ex), timeout=60, started=started)
+        want = truth(ex)
+    received = balance_frames(db)
+    # The connect's backfill and at least one on the timer took a snapshot.
+    assert sum(src == "rest" for src, _ in received) >= 2, received
+    backwards = [(a, b) for a, b in itertools.pairwise(received) if b[1] < a[1]]
+    assert not backwards, backwards[:3]
+    assert_matches_exchange(db, want)
+
+
+def test_a_backfill_cancelled_while_its_event_is_written_is_still_counted(
+    tmp_path: Path,
+) -> None:
+    """A stop can cancel a backfill just as its ``BackfillCompleted`` reaches the log. The
+    write runs to its end, and the heal is counted with it, never without it: the run's
+    figures and ``ledger status`` (read from the log) must agree (CI saw them differ)."""
+    services = open_ledger(str(tmp_path / "ledger.sqlite"))
+    config = LiveConfig(api_key=new_key(), ws_url="ws://127.0.0.1:9", rest_url="http://127.0.0.1:9")
+    follower = open_follower(services, config)
+    counted: list[int] = []
+
+    async def main() -> bool:
+        event = follower._event(BACKFILL, fills_recovered=1)
+        task = asyncio.create_task(follower._record(event, then=lambda: counted.append(1)))
+        await asyncio.sleep(0)  # the write is handed to the writer thread
+        # The loop stalls while the thread finishes the write: the cancellation arrives
+        # with the write done but its result not yet delivered.
+        time.sleep(0.3)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await close_follower(follower)
+        return task.cancelled()
+
+    try:
+        cancelled = asyncio.run(main())
+    finally:
+        services.close()
+    assert cancelled  # the caller still learns of its cancellation
+    assert len(events(str(tmp_path / "ledger.sqlite"), BACKFILL)) == 1
+    assert counted == [1]
 
 
 def test_a_task_that_loses_its_cancellation_is_cancelled_again() -> None:

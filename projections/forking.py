@@ -1,9 +1,11 @@
-"""Helper processes forked by a projecting process, and tied to its life.
+"""Helper processes started by a projecting process, and tied to its life.
 
 The projections use a second CPU by forking: the child starts with the parent's code
 and parser already loaded (no interpreter start-up, no pickling of the parser), opens
-its own database connection, and talks back through a pipe. A child must never
-outlive its parent, or ``kill -9`` of a command would leave half of it running.
+its own database connection, and talks back through a pipe. A process with threads
+must not fork; where a helper is worth its start-up, it is spawned instead (a new
+interpreter). A child must never outlive its parent, or ``kill -9`` of a command would
+leave half of it running.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from multiprocessing.context import ForkProcess
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
 FORK = multiprocessing.get_context("fork")
+SPAWN = multiprocessing.get_context("spawn")
 
 
 def can_fork() -> bool:
@@ -31,7 +34,7 @@ def can_fork() -> bool:
     return threading.active_count() == 1
 
 
-def start_child(name: str, target: Callable[..., None], *args: Any) -> ForkProcess:
+def start_child(name: str, target: Callable[..., None], *args: Any) -> BaseProcess:
     """Fork a daemon child running ``target(parent_pid, *args)``; it dies with this process.
 
     Only when ``can_fork()``. Fork before this process opens connections it will keep
@@ -46,7 +49,18 @@ def start_child(name: str, target: Callable[..., None], *args: Any) -> ForkProce
     return process
 
 
-def end_child(process: ForkProcess) -> None:
+def spawn_child(name: str, target: Callable[..., None], *args: Any) -> BaseProcess:
+    """``start_child`` for a process that must not fork (it runs threads): the child is a
+    new interpreter, so ``target`` and ``args`` must pickle, and it imports what it needs
+    before it starts work (a few hundred milliseconds). It dies with this process too."""
+    process = SPAWN.Process(
+        target=_run_tied, args=(os.getpid(), target, args), name=name, daemon=True
+    )
+    process.start()
+    return process
+
+
+def end_child(process: BaseProcess) -> None:
     """Kill ``process`` if it still runs, and reap it."""
     if process.is_alive():
         process.kill()

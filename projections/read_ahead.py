@@ -15,6 +15,10 @@ id and execution time is left out of later frames: cumulative execution records 
 every fill two or three times, and a repeat is a no-op in the fold (see ``_SentFills``). A pipe holds little, so the
 child is never more than a page or two ahead: memory stays bounded.
 
+The child is forked when the process runs a single thread, and spawned otherwise (a
+PostgreSQL connection pool runs threads): it then opens the log from its URL and
+imports the parser by name, so a parser that cannot be pickled means no read-ahead.
+
 The contract is the projector's, unchanged: a page from the child is exactly the
 page the parent would have read and parsed itself. Any doubt (the child failed, the
 parent's position moved under it) ends the read-ahead, and the parent carries on
@@ -25,15 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from adapters.storage import Database
 from ledger.domain import ParsedFrame
 from ledger.events import FRAME_TOPICS, SCHEMA_VERSION, split_state
-from projections.forking import FORK, end_child, parent_gone, start_child
+from projections.forking import FORK, can_fork, end_child, parent_gone, spawn_child, start_child
 
 Parser = Callable[[bytes], ParsedFrame]
 #: One event of a page: (log position, topic, stored state).
@@ -68,6 +74,11 @@ class ReadPage:
     frames: list[PageFrame]
 
 
+class CannotReadAhead(RuntimeError):
+    """No child can be started for this log and parser (a spawned child could not be
+    handed them): the caller reads for itself."""
+
+
 class ReadAhead:
     """Pages of ``log`` after ``after`` (up to ``stop``) read and parsed by a child: the
     first ``CHILD_PAGES`` of every ``CHILD_PAGES + 1``, each page starting where the page
@@ -75,6 +86,7 @@ class ReadAhead:
 
     ``next()`` returns the child's next page, or None when the child reached the log's
     end as it found it, or failed (the caller then reads for itself). Close it when done.
+    Raises ``CannotReadAhead`` when no child can be started.
     """
 
     def __init__(
@@ -86,10 +98,20 @@ class ReadAhead:
         page_size: int,
         stop: int | None,
     ) -> None:
+        # The child's own connection, never the parent's (a fork shares their sockets).
+        open_log = functools.partial(type(log), log.url)  # type: ignore[call-arg]
+        start = start_child if can_fork() else spawn_child
+        if start is spawn_child:
+            try:
+                ForkingPickler.dumps((open_log, parse))  # what the spawn will send
+            except Exception as exc:
+                raise CannotReadAhead(
+                    f"a spawned child cannot be handed the parser: {exc}"
+                ) from exc
         reader, writer = FORK.Pipe(duplex=False)
         self._pages = reader
-        self._process = start_child(
-            "ledger-read-ahead", _read_ahead, log, parse, after, page_size, stop, writer
+        self._process = start(
+            "ledger-read-ahead", _read_ahead, open_log, parse, after, page_size, stop, writer
         )
         writer.close()
         self._open = True
@@ -150,16 +172,15 @@ class _SentFills:
 
 def _read_ahead(
     parent: int,
-    log: Database,
+    open_log: Callable[[], Database],
     parse: Parser,
     after: int,
     page_size: int,
     stop: int | None,
     pages: Connection,
 ) -> None:
-    # Never touch the parent's connections: a fork shares their sockets and file locks.
     try:
-        db = log.reopen()
+        db = open_log()
     except Exception:
         return  # the parent reads for itself
     try:

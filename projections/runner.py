@@ -30,8 +30,7 @@ from adapters.storage import Database, SqlCursor, SQLiteDatabase, parse_url
 from ledger.domain import Fill, ParsedFrame
 from ledger.events import split_state
 from projections import checkpoints, views
-from projections.forking import can_fork
-from projections.read_ahead import PageFrame, ReadAhead, ReadPage, read_frames
+from projections.read_ahead import CannotReadAhead, PageFrame, ReadAhead, ReadPage, read_frames
 from projections.state import (
     LedgerState,
     Tally,
@@ -207,11 +206,18 @@ class Projector:
 
     def _read_ahead(self, position: int, head: int) -> ReadAhead | None:
         """A child reading and parsing ahead, when there is enough log to be worth it."""
-        if not self.read_ahead or head - position < READ_AHEAD_MIN_EVENTS or not can_fork():
+        if not self.read_ahead or head - position < READ_AHEAD_MIN_EVENTS:
             return None
-        return ReadAhead(
-            self.log, self.parse, after=position, page_size=self.page_size, stop=self.window.stop
-        )
+        try:
+            return ReadAhead(
+                self.log,
+                self.parse,
+                after=position,
+                page_size=self.page_size,
+                stop=self.window.stop,
+            )
+        except CannotReadAhead:
+            return None  # a parser a spawned child cannot import: read in process
 
     def rebuild(self, progress: Progress | None = None) -> LedgerState:
         """Drop every projection and replay the whole log from zero (reading ahead in a
@@ -304,9 +310,7 @@ class Replay:
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="ledger-replay-")
         self.views_db = SQLiteDatabase(parse_url(str(Path(self._dir.name) / "replay.sqlite")))
-        self.projector = Projector(
-            log, self.views_db, parse=parse, window=window, read_ahead=True
-        )
+        self.projector = Projector(log, self.views_db, parse=parse, window=window, read_ahead=True)
 
     def run(self, progress: Progress | None = None) -> LedgerState:
         self.projector.catch_up(progress)

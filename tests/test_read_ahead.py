@@ -29,22 +29,42 @@ def _ingest(url: str, capture: Path) -> None:
 
 @pytest.fixture
 def counted_children(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Read ahead from the first event on, in small pages; count the children started."""
+    """Read ahead from the first event on, in small pages; count the children started
+    (forked or spawned)."""
     monkeypatch.setattr(runner, "READ_AHEAD_MIN_EVENTS", 1)
     started: list[int] = []
-    real = read_ahead.start_child
 
-    def counting(*args: Any) -> Any:
-        process = real(*args)
-        started.append(process.pid)
-        return process
+    def counted(start: Any) -> Any:
+        def counting(*args: Any) -> Any:
+            process = start(*args)
+            started.append(process.pid)
+            return process
 
-    monkeypatch.setattr(read_ahead, "start_child", counting)
+        return counting
+
+    monkeypatch.setattr(read_ahead, "start_child", counted(read_ahead.start_child))
+    monkeypatch.setattr(read_ahead, "spawn_child", counted(read_ahead.spawn_child))
     return started
 
 
+@pytest.fixture
+def child_pages(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The end position of every page the parent received from a child."""
+    received: list[int] = []
+    real = read_ahead.ReadAhead.next
+
+    def counting(self: read_ahead.ReadAhead) -> read_ahead.ReadPage | None:
+        page = real(self)
+        if page is not None:
+            received.append(page.end)
+        return page
+
+    monkeypatch.setattr(read_ahead.ReadAhead, "next", counting)
+    return received
+
+
 def test_a_rebuild_read_ahead_equals_one_read_in_process(
-    db_url: str, tmp_path: Path, counted_children: list[int]
+    db_url: str, tmp_path: Path, counted_children: list[int], child_pages: list[int]
 ) -> None:
     capture = tmp_path / "session.jsonl"
     make_capture(capture, 3000, seed=11, malformed_rate=0.02)
@@ -57,9 +77,15 @@ def test_a_rebuild_read_ahead_equals_one_read_in_process(
 
         ahead = Projector(db, page_size=300)
         state = ahead.rebuild()
-        # A PostgreSQL connection pool runs worker threads, and a process with threads
-        # is never forked (projections.forking.can_fork): there the rebuild reads alone.
-        assert len(counted_children) == (1 if db.kind == "sqlite" else 0)
+        # On PostgreSQL the child is spawned: the connection pool runs worker threads,
+        # and a process with threads is never forked (projections.forking.can_fork).
+        assert len(counted_children) == 1
+        # The child read every other page, from the first to the end.
+        ends, at = [], 0
+        while page := db.read_page(at, 300, stop=None):
+            at = page[-1][0]
+            ends.append(at)
+        assert child_pages == ends[::2]
         assert (ahead.position, state.canonical(), fills_tally(db)) == expected
         # Rejected frames kept their raw bytes through the pipe.
         with db.reading() as cur:

@@ -172,9 +172,7 @@ def test_processes_opening_one_new_sqlite_file_at_once_all_succeed(tmp_path: Pat
     errors = context.Queue()
     for round_ in range(10):
         path = str(tmp_path / f"new-{round_}.sqlite")
-        procs = [
-            context.Process(target=_open_and_close, args=(path, errors)) for _ in range(6)
-        ]
+        procs = [context.Process(target=_open_and_close, args=(path, errors)) for _ in range(6)]
         for proc in procs:
             proc.start()
         for proc in procs:

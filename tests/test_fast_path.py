@@ -138,7 +138,9 @@ RECORD = (
         _order(RECORD) + b" x",
         _order(RECORD).replace(b'"maker"', '"m\u00e9"'.encode()),
         _order(""),
-        _order(RECORD).replace(b',"order_execution_records":[', b',"order_execution_records":null,"x":['),
+        _order(RECORD).replace(
+            b',"order_execution_records":[', b',"order_execution_records":null,"x":['
+        ),
     ],
 )
 def test_edge_cases_get_the_general_answer_or_none(raw: bytes) -> None:

@@ -109,4 +109,6 @@ def test_a_parsing_process_that_cannot_open_the_database_says_why(
             db.close()
         error = ahead.finish(timeout=10)
     assert error is not None and "does not exist" in error
-    assert report.frames == len([line for line in capture.read_bytes().split(b"\n") if line.strip()])
+    assert report.frames == len(
+        [line for line in capture.read_bytes().split(b"\n") if line.strip()]
+    )

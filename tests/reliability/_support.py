@@ -40,7 +40,11 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def run_ledger(
-    url: str, *args: str, timeout: float = 300, check: bool = True, env: dict[str, str] | None = None
+    url: str,
+    *args: str,
+    timeout: float = 300,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         ledger_cmd(url, *args),
@@ -143,7 +147,9 @@ class Probe:
 
     def claim_count(self) -> int:
         mark = "%s" if self.pg else "?"
-        rows = self._query(f"SELECT count(*) FROM stored_events WHERE topic = {mark}", (CLAIM_TOPIC,))
+        rows = self._query(
+            f"SELECT count(*) FROM stored_events WHERE topic = {mark}", (CLAIM_TOPIC,)
+        )
         return int(rows[0][0]) if rows else 0
 
     def event_count(self) -> int:
@@ -185,7 +191,9 @@ class ChildResult:
     max_rss_kb: int
 
 
-def run_measured(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None) -> ChildResult:
+def run_measured(
+    cmd: list[str], *, timeout: float, env: dict[str, str] | None = None
+) -> ChildResult:
     """Run a command and return its own peak RSS (``wait4``), not the test process's."""
     proc = subprocess.Popen(
         cmd,

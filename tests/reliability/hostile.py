@@ -103,7 +103,9 @@ def _from_schema(schema: dict[str, Any], defs: dict[str, Any], name: str) -> st.
         if not props:
             extra = schema.get("additionalProperties", True)
             values = _from_schema(extra, defs, "") if isinstance(extra, dict) else _json_leaf
-            keys = st.sampled_from(["ADA", "USDM", "NIGHT", "delta", "league"]) | st.text(max_size=8)
+            keys = st.sampled_from(["ADA", "USDM", "NIGHT", "delta", "league"]) | st.text(
+                max_size=8
+            )
             return st.dictionaries(keys, values, max_size=4)
         fixed = {k: _from_schema(v, defs, k) for k, v in props.items() if k in required}
         optional = {k: _from_schema(v, defs, k) for k, v in props.items() if k not in required}

@@ -54,7 +54,9 @@ except ImportError:  # pragma: no cover
 def hostile_lines(draw: st.DrawFn) -> tuple[bytes, bool]:
     """One line of a capture and whether it must be rejected."""
     kind = draw(
-        st.sampled_from(["valid", "valid", "mutated", "mutated", "mutated", "bytes", "blank", "utf8", "cut"])
+        st.sampled_from(
+            ["valid", "valid", "mutated", "mutated", "mutated", "bytes", "blank", "utf8", "cut"]
+        )
     )
     if kind == "bytes":
         return draw(st.binary(min_size=1, max_size=300)).replace(b"\n", b" "), False
@@ -66,7 +68,9 @@ def hostile_lines(draw: st.DrawFn) -> tuple[bytes, bool]:
     if kind == "utf8":
         text = hostile.serialise(frame)
         at = draw(st.integers(0, len(text)))
-        return text[:at] + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80"])) + text[at:], True
+        return text[:at] + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80"])) + text[
+            at:
+        ], True
     if kind == "cut":
         text = hostile.serialise(frame)
         return text[: draw(st.integers(1, len(text) - 1))], True
@@ -217,7 +221,12 @@ def test_a_bad_record_rejects_its_whole_order(store: Store) -> None:
         }
         for i in range(6)
     ]
-    order = {"id": "o-partial", "symbol": "ADAUSDM", "side": "buy", "order_execution_records": records}
+    order = {
+        "id": "o-partial",
+        "symbol": "ADAUSDM",
+        "side": "buy",
+        "order_execution_records": records,
+    }
     raw = json.dumps({"type": "Account", "sub_type": "order_info", "order": order}).encode()
     report = store.services.ledger.ingest_lines([(1, raw)], "hostile:partial")
     store.services.projector.catch_up()
@@ -251,13 +260,16 @@ def _worst_case_capture(path: Path, rng: random.Random) -> dict[str, Any]:
     big_id = "z" * 1_000_000
     hostile_lines = [
         # A 50 MB line: a valid fill whose order id is one huge string.
-        json.dumps({**good[0], "fillId": "big-line", "orderId": "o" * (BIG_LINE_MB << 20)}).encode(),
+        json.dumps(
+            {**good[0], "fillId": "big-line", "orderId": "o" * (BIG_LINE_MB << 20)}
+        ).encode(),
         json.dumps({**good[1], "fillId": big_id}).encode(),
         # A megabyte of a field no model reads: ignored, the fill is booked.
         json.dumps({**good[2], "fillId": "extra-field", "note": "r" * 10**6}).encode(),
         b'{"type":"fill","fillId":"deep","price":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
         b'{"type":"fill","fillId":"nan","symbol":"ADAUSDM","side":"buy","price":NaN,"quantity":1,"timestamp":1}',
-        b'{"type":"fill","fillId":"big","symbol":"ADAUSDM","side":"buy","price":' + b"9" * 10**6
+        b'{"type":"fill","fillId":"big","symbol":"ADAUSDM","side":"buy","price":'
+        + b"9" * 10**6
         + b',"quantity":1,"timestamp":1}',
         b"\xff\xfe\x00garbage",
         b"",
@@ -273,9 +285,7 @@ def _worst_case_capture(path: Path, rng: random.Random) -> dict[str, Any]:
     return {"frames": expected_frames, "good": {g["fillId"] for g in good}}
 
 
-def test_worst_case_capture_through_the_cli_in_bounded_memory(
-    db_url: str, tmp_path: Path
-) -> None:
+def test_worst_case_capture_through_the_cli_in_bounded_memory(db_url: str, tmp_path: Path) -> None:
     capture = tmp_path / "worst.jsonl"
     expected = _worst_case_capture(capture, random.Random(4))
     size_mb = capture.stat().st_size / 2**20

@@ -83,9 +83,7 @@ def _ingest_with_kills(
         for target in targets:
             runs += 1
             with log.open("ab") as err:
-                proc = subprocess.Popen(
-                    cmd, stdout=subprocess.DEVNULL, stderr=err, env=child_env()
-                )
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=child_env())
             deadline = time.monotonic() + 300
             while proc.poll() is None and time.monotonic() < deadline:
                 if probe.head() + probe.tracking() >= target:

@@ -185,9 +185,7 @@ def _write_streams(folder: Path, writers: int) -> Streams:
         path = folder / f"writer-{k}.jsonl"
         path.write_text("\n".join(streams[k]) + "\n")
         paths.append(path)
-        occurrences += sum(
-            1 for frame in streams[k] for t in tampered if f'"{t}"' in frame
-        )
+        occurrences += sum(1 for frame in streams[k] for t in tampered if f'"{t}"' in frame)
     return Streams(paths, fills, tampered, occurrences)
 
 

@@ -90,7 +90,9 @@ def _limit_file_size(limit: int) -> Callable[[], None]:
 
 
 @pytest.fixture(scope="module")
-def reference(capture_factory: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def reference(
+    capture_factory: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     capture, truth = capture_factory(FRAMES, SEED)
     url = str(tmp_path_factory.mktemp("reference") / "ledger.sqlite")
     run_json(url, "ingest", str(capture))

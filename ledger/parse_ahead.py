@@ -11,9 +11,9 @@ This process reads the file, plans and appends; it parses nothing.
 
 The child adds no guarantee and removes none. Its readings are the pure function this
 process would compute; what is written is decided by the append's plan and the store's
-keys here; what is projected, by the projector's tracking. If the child fails, ``read``
-says so (None) and the caller parses for itself from then on. The child dies with its
-parent.
+keys here; what is projected, by the projector's tracking. If the child fails, ``plan``
+plans the batch here with the caller's ``FrameReader``, and every batch after it. The
+child dies with its parent.
 """
 
 from __future__ import annotations

@@ -123,6 +123,25 @@ class SqlCursor:
         if rows:
             self.raw.executemany(self._sql(sql), rows)
 
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert ``rows`` (values for ``columns``) into ``table``: with ``COPY`` on
+        PostgreSQL, where it costs a fraction of an insert per row; as one ``executemany``
+        on SQLite. Either way a row that breaks a constraint fails the statement."""
+        if not rows:
+            return
+        names = ", ".join(columns)
+        if self._pg:
+            # bandit B608: table and columns are the caller's constants, values go by COPY.
+            with self.raw.copy(f"COPY {table} ({names}) FROM STDIN") as copy:  # nosec B608
+                for row in rows:
+                    copy.write_row(row)
+            return
+        marks = ",".join("?" * len(columns))
+        # bandit B608: as above; the values are bound parameters.
+        self.raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)  # nosec B608
+
     def fetchall(self) -> list[tuple[Any, ...]]:
         return [self._row(r) for r in self.raw.fetchall()]
 

@@ -49,10 +49,11 @@ _VIEW_TABLES = (
     "ledger_position_checkpoints",
 )
 
-FILL_COLUMNS = (
-    "fill_id, order_id, symbol, base_asset, quote_asset, side, price, quantity,"
-    " quote_amount, fee, fee_asset, role, executed_at, log_position"
+FILL_COLUMN_NAMES = (
+    *("fill_id", "order_id", "symbol", "base_asset", "quote_asset", "side", "price"),
+    *("quantity", "quote_amount", "fee", "fee_asset", "role", "executed_at", "log_position"),
 )
+FILL_COLUMNS = ", ".join(FILL_COLUMN_NAMES)
 
 
 def create_tables(db: Database) -> None:
@@ -111,11 +112,7 @@ def booked_among(cur: SqlCursor, fill_ids: Sequence[str]) -> set[str]:
 
 
 def insert_fills(cur: SqlCursor, rows: Sequence[tuple[str, ...]]) -> None:
-    cur.executemany(
-        # bandit B608: constant columns, "?" marks.
-        f"INSERT INTO ledger_fills ({FILL_COLUMNS}) VALUES ({','.join('?' * 14)})",  # nosec B608
-        [(*row[:13], int(row[13])) for row in rows],
-    )
+    cur.insert_rows("ledger_fills", FILL_COLUMN_NAMES, [(*row[:13], int(row[13])) for row in rows])
 
 
 def insert_rejects(cur: SqlCursor, rows: Sequence[tuple[int, str, str, bytes]]) -> None:

@@ -106,6 +106,11 @@ def parse_url(url: str) -> DatabaseURL:
     return DatabaseURL(kind="sqlite", path=text)
 
 
+#: The fewest rows ``SqlCursor.insert_rows`` sends by ``COPY`` (a live batch's few go faster as
+#: one pipelined ``executemany``: ``COPY`` waits for the server's go-ahead first).
+COPY_FROM_ROWS = 100
+
+
 class SqlCursor:
     """A cursor that speaks one dialect of parameters (``?``) and returns tuples."""
 
@@ -127,12 +132,13 @@ class SqlCursor:
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         """Insert ``rows`` (values for ``columns``) into ``table``: with ``COPY`` on
-        PostgreSQL, where it costs a fraction of an insert per row; as one ``executemany``
-        on SQLite. Either way a row that breaks a constraint fails the statement."""
+        PostgreSQL when there are many (it costs a fraction of an insert per row, but a
+        round trip more), otherwise as one ``executemany``. Either way a row that breaks a
+        constraint fails the statement."""
         if not rows:
             return
         names = ", ".join(columns)
-        if self._pg:
+        if self._pg and len(rows) >= COPY_FROM_ROWS:
             # bandit B608: table and columns are the caller's constants, values go by COPY.
             with self.raw.copy(f"COPY {table} ({names}) FROM STDIN") as copy:  # nosec B608
                 for row in rows:
@@ -140,7 +146,7 @@ class SqlCursor:
             return
         marks = ",".join("?" * len(columns))
         # bandit B608: as above; the values are bound parameters.
-        self.raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)  # nosec B608
+        self.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)  # nosec B608
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         return [self._row(r) for r in self.raw.fetchall()]

@@ -19,7 +19,7 @@ from helpers import (
     run_ledger,
 )
 
-from adapters.storage import open_database
+from adapters.storage import COPY_FROM_ROWS, open_database
 from ledger.events import FRAME_TOPICS, FillClaimed, FrameReceived, claim_id, split_state
 
 QUERIES = [
@@ -183,3 +183,31 @@ def test_a_new_sqlite_file_gets_large_pages_and_an_old_one_keeps_its_own(tmp_pat
         conn.execute("CREATE TABLE earlier (x)")
     open_database(str(old)).close()
     assert page_size(old) == 4096
+
+
+@pytest.mark.parametrize("count", [3, COPY_FROM_ROWS + 7])
+def test_inserted_rows_arrive_whole_and_a_broken_key_fails_them_all(
+    db_url: str, count: int
+) -> None:
+    """``insert_rows``, a few rows (``executemany``) or many (``COPY`` on PostgreSQL): every
+    value as given, and a row that repeats a key fails the statement, in either form."""
+    db = open_database(db_url)
+    table = f"probe_rows_{count}"
+    rows = [(f"id-{i:04d}", "0.000123" if i % 2 else "12345.6", i) for i in range(count)]
+    try:
+        with db.transaction(durable=False) as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute(f"CREATE TABLE {table} (k TEXT PRIMARY KEY, amount TEXT, n BIGINT)")
+            cur.insert_rows(table, ("k", "amount", "n"), rows)
+        with db.reading() as cur:
+            cur.execute(f"SELECT k, amount, n FROM {table} ORDER BY k")
+            assert cur.fetchall() == rows
+        with pytest.raises(IntegrityError), db.transaction(durable=False) as cur:
+            cur.insert_rows(table, ("k", "amount", "n"), [("id-new", "1", -1), rows[-1]])
+        with db.reading() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {table}")
+            assert cur.fetchone() == (count,)
+    finally:
+        with db.transaction(durable=False) as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        db.close()

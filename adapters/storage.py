@@ -501,7 +501,7 @@ class PostgresDatabase(Database):
         carries more than a few megabytes (the server waits in ClientRead for the rest
         of the statement, the client for a result: found with a 10 MB frame, and 2,000
         frames of 5 kB hang the same way). Plain arrays of uuid, bigint, text and bytea
-        go out in psycopg's binary formats. The EXCLUSIVE table lock keeps commit order
+        go out in psycopg's binary formats (``%b``). The EXCLUSIVE table lock keeps commit order
         equal to notification-id order, as the recorder does, so no reader skips a gap.
         """
         events = list(events)
@@ -517,7 +517,9 @@ class PostgresDatabase(Database):
         with self._transaction(opening) as curs:
             curs.execute(
                 "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
-                "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]) "
+                # %b: the arrays go out in binary. Text would escape every element in
+                # Python (a bytea as hex): ten times the cost, a quarter of an import.
+                "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
                 "RETURNING notification_id",
                 (
                     [e.originator_id for e in events],

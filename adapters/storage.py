@@ -121,8 +121,13 @@ class SqlCursor:
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self._pg else sql
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.raw.execute(self._sql(sql), params)
+    def execute(self, sql: str, params: Sequence[Any] = (), *, binary: bool = False) -> None:
+        """``binary``: PostgreSQL sends the results in binary (a bytea arrives as its bytes,
+        not as hex text to decode); SQLite has one form only."""
+        if binary and self._pg:
+            self.raw.execute(self._sql(sql), params, binary=True)
+        else:
+            self.raw.execute(self._sql(sql), params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -208,7 +213,7 @@ class Database:
         col = self._position_column
         sql, params = self._page_query(f"{col}, topic, state", after, limit, stop)
         with self.reading(snapshot=False) as cur:
-            cur.execute(sql, params)
+            cur.execute(sql, params, binary=True)
             return [(int(pos), topic, bytes(state)) for pos, topic, state in cur.fetchall()]
 
     def page_end(self, after: int, limit: int, stop: int | None = None) -> int | None:

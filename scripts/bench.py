@@ -378,7 +378,8 @@ def ceiling_fold_postgres(url: str) -> int:
     import psycopg
 
     fold, count = Fold(), 0
-    with psycopg.connect(url) as conn, conn.cursor(name="scan") as cur:
+    # Binary results, as the ledger's page reads: a bytea's bytes, not hex text to decode.
+    with psycopg.connect(url) as conn, conn.cursor(name="scan", binary=True) as cur:
         cur.itersize = 2000
         cur.execute("SELECT raw FROM frames ORDER BY id")
         for (raw,) in cur:

@@ -133,6 +133,27 @@ class SqlCursor:
         if rows:
             self.raw.executemany(self._sql(sql), rows)
 
+    def rows_where_in(
+        self, select: str, column: str, values: Sequence[Any]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of ``select`` (a query with no WHERE) whose ``column`` is one of
+        ``values``: on PostgreSQL one query, the values sent as one binary array; on
+        SQLite in chunks of 500 ``?`` marks."""
+        if not values:
+            return []
+        if self._pg:
+            # bandit B608: ``select`` and ``column`` are the caller's constants.
+            self.raw.execute(f"{select} WHERE {column} = ANY(%b)", (list(values),))  # nosec B608
+            return self.fetchall()
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(values), 500):
+            chunk = values[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            # bandit B608: as above; the values are bound parameters.
+            self.raw.execute(f"{select} WHERE {column} IN ({marks})", chunk)  # nosec B608
+            rows.extend(self.fetchall())
+        return rows
+
     def insert_rows(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:

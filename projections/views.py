@@ -101,14 +101,9 @@ def read_meta(cur: SqlCursor) -> dict[str, str]:
 
 
 def booked_among(cur: SqlCursor, fill_ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(fill_ids), 500):
-        chunk = fill_ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        # bandit B608: only "?" marks.
-        cur.execute(f"SELECT fill_id FROM ledger_fills WHERE fill_id IN ({marks})", chunk)  # nosec B608
-        found.update(r[0] for r in cur.fetchall())
-    return found
+    return {
+        r[0] for r in cur.rows_where_in("SELECT fill_id FROM ledger_fills", "fill_id", fill_ids)
+    }
 
 
 def insert_fills(cur: SqlCursor, rows: Sequence[tuple[str, ...]]) -> None:

@@ -211,3 +211,25 @@ def test_inserted_rows_arrive_whole_and_a_broken_key_fails_them_all(
         with db.transaction(durable=False) as cur:
             cur.execute(f"DROP TABLE IF EXISTS {table}")
         db.close()
+
+
+def test_rows_where_in_finds_exactly_the_rows_among_many_values(db_url: str) -> None:
+    """``rows_where_in``: one binary array on PostgreSQL, chunks of 500 on SQLite; either
+    way the rows whose key is among the values, over several chunks, and nothing else."""
+    db = open_database(db_url)
+    table = "probe_where_in"
+    keys = [f"fill-{i:05d}" for i in range(1500)]
+    try:
+        with db.transaction(durable=False) as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute(f"CREATE TABLE {table} (k TEXT PRIMARY KEY)")
+            cur.insert_rows(table, ("k",), [(k,) for k in keys[::3]])
+        asked = [*keys, "fill-absent", 'it\'s "quoted", {braced}']
+        with db.reading() as cur:
+            found = {r[0] for r in cur.rows_where_in(f"SELECT k FROM {table}", "k", asked)}
+            assert cur.rows_where_in(f"SELECT k FROM {table}", "k", []) == []
+        assert found == set(keys[::3])
+    finally:
+        with db.transaction(durable=False) as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        db.close()

@@ -14,7 +14,9 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
+import types
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -51,12 +53,23 @@ def start_child(name: str, target: Callable[..., None], *args: Any) -> BaseProce
 
 def spawn_child(name: str, target: Callable[..., None], *args: Any) -> BaseProcess:
     """``start_child`` for a process that must not fork (it runs threads): the child is a
-    new interpreter, so ``target`` and ``args`` must pickle, and it imports what it needs
-    before it starts work (a few hundred milliseconds). It dies with this process too."""
+    new interpreter, so ``target`` and ``args`` must pickle by reference to modules other
+    than ``__main__``, and it imports what it needs before it starts work (a few hundred
+    milliseconds). It dies with this process too.
+
+    The child does not import this process's main script: multiprocessing would run it
+    again there, and a bot's script without an ``if __name__ == "__main__"`` guard would
+    start a second bot."""
     process = SPAWN.Process(
         target=_run_tied, args=(os.getpid(), target, args), name=name, daemon=True
     )
-    process.start()
+    main = sys.modules["__main__"]
+    # What the child is told to import as its main module is read from here by start().
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        process.start()
+    finally:
+        sys.modules["__main__"] = main
     return process
 
 

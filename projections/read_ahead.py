@@ -102,6 +102,8 @@ class ReadAhead:
         open_log = functools.partial(type(log), log.url)  # type: ignore[call-arg]
         start = start_child if can_fork() else spawn_child
         if start is spawn_child:
+            if getattr(parse, "__module__", None) == "__main__":
+                raise CannotReadAhead("a spawned child cannot import a parser from __main__")
             try:
                 ForkingPickler.dumps((open_log, parse))  # what the spawn will send
             except Exception as exc:

@@ -4,11 +4,13 @@ exactly the state of one that reads them itself."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_capture
+from helpers import REPO, make_capture
 
 from adapters.deltadefi.frames import parse
 from adapters.storage import open_database
@@ -145,5 +147,55 @@ def test_a_failing_child_hands_the_work_back_to_the_parent(
         assert broken.rebuild().state_hash() == expected
         assert broken.position == db.head()
         assert len(counted_children) == 2  # each rebuild read ahead
+    finally:
+        db.close()
+
+
+@pytest.mark.postgres
+def test_a_spawned_child_does_not_run_the_callers_script_again(pg_url: str, tmp_path: Path) -> None:
+    """A bot's script without an ``if __name__ == "__main__"`` guard rebuilds on PostgreSQL,
+    where the read-ahead child is spawned: its top-level code runs once, not again in the
+    child (multiprocessing's spawn would import the main script there), and the child still
+    reads ahead."""
+    capture = tmp_path / "session.jsonl"
+    make_capture(capture, 1500, seed=14)
+    _ingest(pg_url, capture)
+    script = tmp_path / "unguarded_bot.py"
+    script.write_text(
+        "import sys\n"
+        "print('bot started', flush=True)\n"
+        "from adapters.storage import open_database\n"
+        "from projections import read_ahead, runner\n"
+        "runner.READ_AHEAD_MIN_EVENTS = 1\n"
+        "pages = []\n"
+        "real = read_ahead.ReadAhead.next\n"
+        "def counting(self):\n"
+        "    page = real(self)\n"
+        "    if page is not None:\n"
+        "        pages.append(page.end)\n"
+        "    return page\n"
+        "read_ahead.ReadAhead.next = counting\n"
+        f"db = open_database({pg_url!r})\n"
+        "state = runner.Projector(db, page_size=200).rebuild()\n"
+        "db.close()\n"
+        "print('pages from the child', len(pages), flush=True)\n"
+        "print('hash', state.state_hash(), flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("bot started") == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    child_pages = int(done.stdout.split("pages from the child ")[1].split()[0])
+    assert child_pages >= 2, done.stdout
+    db = open_database(pg_url)
+    try:
+        assert f"hash {Projector(db).rebuild().state_hash()}" in done.stdout
     finally:
         db.close()

@@ -426,25 +426,27 @@ class Follower:
         drains the inbox.
         """
         if not self._writing:
-            report = await self.commit(frames)
-            self.stats.frames_rest += len(frames)
-            return report
+            return await self._commit_rest(frames)
         posted = _InStreamOrder(frames, asyncio.get_running_loop().create_future())
         self._post(posted)
         return await asyncio.shield(posted.done)
 
     async def _commit_posted(self, posted: _InStreamOrder) -> None:
         try:
-            report = await self.commit(posted.frames)
+            report = await self._commit_rest(posted.frames)
         except asyncio.CancelledError:
             posted.done.cancel()
             raise
         except Exception as exc:
             posted.done.set_exception(exc)
             raise
-        self.stats.frames_rest += len(posted.frames)
         if not posted.done.done():
             posted.done.set_result(report)
+
+    async def _commit_rest(self, frames: Sequence[IncomingFrame]) -> AppendReport:
+        report = await self.commit(frames)
+        self.stats.frames_rest += len(frames)
+        return report
 
     def _scrub(self, raw: bytes) -> bytes:
         clean, masked = redact_bytes(raw)

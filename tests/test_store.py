@@ -3,6 +3,7 @@ and nothing once written is ever changed."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from pathlib import Path
 
@@ -18,9 +19,19 @@ from helpers import (
     ok,
     run_ledger,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from adapters.storage import COPY_FROM_ROWS, open_database
-from ledger.events import FRAME_TOPICS, FillClaimed, FrameReceived, claim_id, split_state
+from ledger import events
+from ledger.events import (
+    FRAME_TOPICS,
+    FillClaimed,
+    FrameReceived,
+    claim_id,
+    frame_id_for_line,
+    split_state,
+)
 
 QUERIES = [
     ("positions",),
@@ -30,6 +41,25 @@ QUERIES = [
     ("fills",),
     ("rejects",),
 ]
+
+
+def test_event_ids_are_the_ones_earlier_versions_derived() -> None:
+    # Written down from the code before ids were derived by ``events.uuid5``: a capture
+    # imported again, or a fill claimed again, must meet the very same keys.
+    assert frame_id_for_line("file:session", 7, b'{"type":"Account"}') == uuid.UUID(
+        "b00af9b3-c7fd-5455-a9af-3ded1cec22d5"
+    )
+    assert claim_id("exe-1") == uuid.UUID("271a2faf-fdb8-5191-8064-cf39e1c08372")
+
+
+@given(source=st.text(), line=st.integers(min_value=0), raw=st.binary(), fill_id=st.text())
+def test_event_ids_are_rfc_4122_name_based_uuids(
+    source: str, line: int, raw: bytes, fill_id: str
+) -> None:
+    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    expected = uuid.uuid5(events._NS_FRAME, f"{source}\n{line}\n{digest}")
+    assert frame_id_for_line(source, line, raw) == expected
+    assert claim_id.__wrapped__(fill_id) == uuid.uuid5(events._NS_FILL, fill_id)
 
 
 @pytest.mark.postgres

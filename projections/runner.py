@@ -26,6 +26,7 @@ from typing import Any
 from eventsourcing.persistence import IntegrityError
 
 from adapters.deltadefi.frames import parse as parse_frame
+from adapters.deltadefi.frames import read as read_frame
 from adapters.storage import Database, SqlCursor, SQLiteDatabase, parse_url
 from ledger.domain import Fill, ParsedFrame
 from ledger.events import split_state
@@ -143,6 +144,9 @@ class Projector:
         elif progress is not None or self.read_ahead:
             head = self.log.head()
         ahead = self._read_ahead(position, head)
+        # A catch-up long enough to read ahead parses each frame once: the memory of
+        # recent parses would only cost time (see ``replay_parser``).
+        parse = replay_parser(self.parse) if ahead else self.parse
         waiting: ReadPage | None = None  # the child's next page, once received
         refused = 0
         try:
@@ -168,7 +172,7 @@ class Projector:
                     at_head = len(events) < self.page_size
                     # Parsed before the write transaction opens: parsing is pure, and on
                     # SQLite the transaction holds the one write lock the appender waits for.
-                    end, frames = events[-1][0], read_frames(events, self.parse)
+                    end, frames = events[-1][0], read_frames(events, parse)
                 try:
                     with self.views_db.transaction(durable=False) as cur:
                         self.views_db.record_tracking(cur, views.PROJECTION_NAME, end)
@@ -211,7 +215,7 @@ class Projector:
         try:
             return ReadAhead(
                 self.log,
-                self.parse,
+                replay_parser(self.parse),
                 after=position,
                 page_size=self.page_size,
                 stop=self.window.stop,
@@ -288,6 +292,14 @@ class Projector:
             del counts_before[symbol]
         checkpoints.checkpoint_booked(cur, state.book, counts_before)
         views.save_state(cur, state, symbols, assets)
+
+
+def replay_parser(parse: Parser) -> Parser:
+    """The parser to read many pages with. ``frames.parse`` remembers its answers for
+    the most recent frames, which pays when a catch-up reads back a batch this process
+    has just parsed to append it, and costs about 4 µs a frame otherwise; ``frames.read``
+    is the same function without that memory."""
+    return read_frame if parse is parse_frame else parse
 
 
 def _header(head: bytes) -> dict[str, Any]:

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from helpers import REPO, make_capture
 
+from adapters.deltadefi import fast_path
 from adapters.deltadefi.frames import parse
 from adapters.storage import open_database
 from ledger.application import Ledger
 from ledger.domain import ParsedFrame
+from ledger.events import FRAME_TOPICS
 from projections import read_ahead, runner
 from projections.runner import Projector, Replay, Window, fills_tally
 
@@ -77,8 +79,16 @@ def test_a_rebuild_read_ahead_equals_one_read_in_process(
         expected = in_process.catch_up(), in_process.load().canonical(), fills_tally(db)
         assert counted_children == []
 
+        fast_path.forget()
         ahead = Projector(db, page_size=300)
         state = ahead.rebuild()
+        # A replay parses each frame once: it keeps no memory of recent parses.
+        raws = [
+            stored.partition(b"\n")[2]
+            for _, topic, stored in db.read_page(0, 100_000)
+            if topic in FRAME_TOPICS
+        ]
+        assert raws and not any(fast_path.recall(raw) for raw in raws)
         # On PostgreSQL the child is spawned: the connection pool runs worker threads,
         # and a process with threads is never forked (projections.forking.can_fork).
         assert len(counted_children) == 1

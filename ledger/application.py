@@ -64,7 +64,10 @@ class FrameReader:
         self._digests: dict[str, tuple[Fill, tuple[str, str]]] = {}
 
     def __call__(self, raw: bytes) -> FrameReading:
-        parsed = self.parse(raw)
+        return self.reading(self.parse(raw))
+
+    def reading(self, parsed: ParsedFrame) -> FrameReading:
+        """The reading of a frame already parsed (by this reader's parser)."""
         if parsed.rejection is not None:
             return FrameReading(parsed.rejection)
         if not parsed.fills:
@@ -131,6 +134,18 @@ class IncomingFrame:
         return self.line is not None or type(self).frame_id is not IncomingFrame.frame_id
 
 
+@dataclass(frozen=True)
+class Landed:
+    """Where a committed batch's events are in the log: ``events[i]`` is at log position
+    ``positions[i]`` and stores the batch's frame number ``origins[i]`` (-1: a fill
+    claim). What a projector fed by the same pipeline needs to fold the batch without
+    reading it back (see ``ledger.parse_ahead``)."""
+
+    positions: Sequence[int]
+    events: Sequence[StoredEvent]
+    origins: Sequence[int]
+
+
 @dataclass
 class AppendReport:
     frames: int = 0
@@ -144,6 +159,8 @@ class AppendReport:
     #: The fills this batch claimed, with their digests (per batch only: totals don't
     #: accumulate them).
     claims: dict[str, str] = field(default_factory=dict)
+    #: Where this batch's events landed, once committed (per batch only).
+    landed: Landed | None = None
 
     @property
     def booked_fill_ids(self) -> list[str]:
@@ -197,9 +214,9 @@ class Ledger:
         if not planned:
             return AppendReport(log_position=self.store.head())
         for _ in range(MAX_ATTEMPTS):
-            events, report = self._retry_transient(lambda: self._plan(planned))
+            events, origins, report = self._retry_transient(lambda: self._plan(planned))
             try:
-                return self._commit(events, report)
+                return self._commit(events, origins, report)
             except IntegrityError:
                 # Some of these ids are in the log already (a concurrent writer got them in
                 # first, or a batch planned without the look-up met them): plan again.
@@ -207,7 +224,9 @@ class Ledger:
                 continue
         raise RuntimeError(f"could not append a batch after {MAX_ATTEMPTS} attempts")
 
-    def _commit(self, events: list[StoredEvent], report: AppendReport) -> AppendReport:
+    def _commit(
+        self, events: list[StoredEvent], origins: list[int], report: AppendReport
+    ) -> AppendReport:
         """Append a planned batch; IntegrityError when another writer claimed first."""
         if not events:
             report.log_position = self._retry_transient(self.store.head)
@@ -218,6 +237,7 @@ class Ledger:
         report.log_position = (
             max(positions) if positions else self._retry_transient(self.store.head)
         )
+        report.landed = Landed(positions, events, origins)
         self._remember_claims(report.claims)
         return report
 
@@ -242,8 +262,11 @@ class Ledger:
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def _plan(self, planned: Sequence[Planned]) -> tuple[list[StoredEvent], AppendReport]:
-        """The events that would append this batch, and what they would do."""
+    def _plan(
+        self, planned: Sequence[Planned]
+    ) -> tuple[list[StoredEvent], list[int], AppendReport]:
+        """The events that would append this batch, the number in the batch of the frame
+        each stores (-1 for a claim), and what they would do."""
         # Claims already known to be made need no query; neither do ids of live frames
         # (random, never seen before). One query for every other id the batch could append,
         # unless the last one found nothing (see ``_expect_new``).
@@ -266,9 +289,10 @@ class Ledger:
         #: Fill id -> the digest claimed by this batch.
         claimed_here: dict[str, str] = {}
         events: list[StoredEvent] = []
+        origins: list[int] = []
         report = AppendReport(frames=len(planned))
         seen_frames: set[uuid.UUID] = set()
-        for frame, fid, reading in planned:
+        for number, (frame, fid, reading) in enumerate(planned):
             if fid in known or fid in seen_frames:
                 report.already_ingested += 1
                 continue
@@ -282,6 +306,7 @@ class Ledger:
                 rejection=reading.rejection,
             )
             events.append(event.to_stored())
+            origins.append(number)
             report.appended += 1
             if reading.rejection is not None:
                 report.rejected += 1
@@ -297,6 +322,7 @@ class Ledger:
                     earlier = known_digests[fill_id]
                     if earlier is None:
                         events.append(FillClaimed(fill_id, fid, digest).to_stored())
+                        origins.append(-1)
                         claimed_here[fill_id] = digest
                         report.claims[fill_id] = digest
                         report.fills_new += 1
@@ -304,7 +330,7 @@ class Ledger:
                 report.fills_duplicate += 1
                 if earlier != digest:
                     report.conflicts.append(fill_id)
-        return events, report
+        return events, origins, report
 
     def ingest_lines(
         self,
@@ -338,6 +364,7 @@ class Ledger:
             total.add(report)
             if on_batch:
                 on_batch(report)
+            del report  # and its events (``landed``), before the next batch is planned
         if total.log_position == 0:
             total.log_position = self.store.head()
         return total

@@ -198,6 +198,8 @@ def ingest(
 
         def on_batch(report: AppendReport) -> None:
             seen["frames"] += report.frames
+            if ahead is not None:
+                ahead.committed(report)  # the child folds the batch without reading it back
             if not follower.running and (ahead is None or ahead.failure is not None):
                 # Projected right after it is appended, while its parses are fresh (see
                 # adapters.deltadefi.fast_path), so the views follow the import.

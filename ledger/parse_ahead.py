@@ -9,6 +9,13 @@ back their readings (``FrameReader``: rejection, or fill ids and digests) and th
 between batches, projects what has been committed, from the parses it has just made.
 This process reads the file, plans and appends; it parses nothing.
 
+The child need not read the log back to project it: with a later batch, this process
+tells it where a committed batch's events landed (``committed``: each appended frame's
+log position and stored header, and the positions the batch fills). When those
+positions are consecutive, the batch's events are exactly the log's events there, so
+the child folds them from the raw frames and parses it holds. Anything else (another
+writer's events in between, a batch it no longer holds) it reads from the log.
+
 The child adds no guarantee and removes none. Its readings are the pure function this
 process would compute; what is written is decided by the append's plan and the store's
 keys here; what is projected, by the projector's tracking. If the child fails, ``plan``
@@ -22,19 +29,42 @@ import contextlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 from adapters.storage import open_database
-from ledger.application import FrameReader, FrameReading, IncomingFrame, Parser, Planned
+from ledger.application import (
+    AppendReport,
+    FrameReader,
+    FrameReading,
+    IncomingFrame,
+    Parser,
+    Planned,
+)
 from ledger.domain import ParsedFrame
 from projections.forking import FORK, end_child, parent_gone, start_child
-from projections.runner import Projector
+from projections.read_ahead import PageFrame, ReadPage
+from projections.runner import PAGE_SIZE, Projector
 
 #: How often the child, with no batch to parse, looks for the appender's last commits.
 POLL_S = 0.02
 #: Batches whose parses the child keeps for its projector: the one being parsed, the one
 #: being appended and the one being projected.
 KEEP_BATCHES = 3
+
+
+class Note(NamedTuple):
+    """Where a committed batch landed, as the child is told.
+
+    ``committed``: the log position up to which the appender has committed. When the
+    batch's events fill the positions from ``first`` to ``committed`` exactly: the
+    batch's number and each appended frame as (log position, number in the batch,
+    stored header); else None, and the child reads that part of the log.
+    """
+
+    committed: int
+    batch: int | None = None
+    first: int | None = None
+    frames: list[tuple[int, int, bytes]] | None = None
 
 
 class ParseAhead:
@@ -52,6 +82,15 @@ class ParseAhead:
         there.close()
         #: Why the child stopped, once it has.
         self.failure: str | None = None
+        #: How many pages the child folded from its own parses, without reading the log
+        #: (known once ``finish`` has returned without a failure).
+        self.pages_folded_unread: int | None = None
+        #: Batches sent to the child; a batch's number is the count before it.
+        self._sent_batches = 0
+        #: The number of the batch ``plan`` handed out last, if the child parsed it.
+        self._handed_out: int | None = None
+        #: Notes not yet sent to the child.
+        self._notes: list[Note] = []
 
     @property
     def pid(self) -> int | None:
@@ -63,43 +102,72 @@ class ParseAhead:
         """``reader.plan`` of each batch, with the parsing done by the child: each batch
         is sent before the one before it is handed on, so the child parses it while the
         caller appends that one. Once the child fails, ``reader`` does it here."""
-        sent: list[IncomingFrame] | None = None
+        sent: tuple[list[IncomingFrame], int] | None = None
         for batch in batches:
             # The batch before's readings are taken before this batch is sent: each side
             # only sends what the other is about to take (two large sends would deadlock).
-            done = self._planned(sent, reader) if sent is not None else None
-            ahead = self._send([frame.raw for frame in batch])
+            done = self._planned(*sent, reader) if sent is not None else None
+            number = self._send([frame.raw for frame in batch])
             if done is not None:
                 yield done
-            sent = batch if ahead else None
-            if not ahead:
+            sent = (batch, number) if number is not None else None
+            if number is None:
+                self._handed_out = None
                 yield reader.plan(batch)
         if sent is not None:
-            yield self._planned(sent, reader)
+            yield self._planned(*sent, reader)
 
-    def _planned(self, batch: list[IncomingFrame], reader: FrameReader) -> list[Planned]:
+    def committed(self, report: AppendReport) -> None:
+        """Say where the batch ``plan`` handed out last landed, once it is committed (the
+        child hears of it with the next batch, when it is listening)."""
+        landed = report.landed
+        note = Note(report.log_position)
+        if landed is not None and self._handed_out is not None and landed.positions:
+            positions, first = landed.positions, landed.positions[0]
+            if _consecutive(positions):
+                frames = [
+                    (position, origin, event.state[: event.state.index(b"\n")])
+                    for position, origin, event in zip(
+                        positions, landed.origins, landed.events, strict=True
+                    )
+                    if origin >= 0
+                ]
+                note = Note(positions[-1], self._handed_out, first, frames)
+        self._notes.append(note)
+
+    def _planned(
+        self, batch: list[IncomingFrame], number: int, reader: FrameReader
+    ) -> list[Planned]:
         readings = self._receive()
         if readings is None:
+            self._handed_out = None
             return reader.plan(batch)
+        self._handed_out = number
         return [(frame, frame.frame_id(), r) for frame, r in zip(batch, readings, strict=True)]
 
-    def _send(self, raws: Sequence[bytes]) -> bool:
-        """Hand a batch to the child; False when the child has failed."""
+    def _send(self, raws: Sequence[bytes] | None) -> int | None:
+        """Hand the child a batch (None: the end) and the notes not yet sent; the batch's
+        number, or None when the child has failed."""
         if self.failure is None:
+            notes, self._notes = self._notes, []
             try:
-                self._conn.send(list(raws))
-                return True
+                self._conn.send((None if raws is None else list(raws), notes))
+                self._sent_batches += 1
+                return self._sent_batches - 1
             except (OSError, ValueError) as exc:
                 self.failure = self._last_word() or f"the parsing process is gone ({exc})"
-        return False
+        return None
 
     def _last_word(self) -> str | None:
-        """The reason a failed child sent before it exited, if it sent one."""
+        """The reason a failed child sent before it exited, if it sent one (a child that
+        finished sends how many pages it folded unread instead)."""
         with contextlib.suppress(EOFError, OSError):
             while self._conn.poll():
                 item = self._conn.recv()
                 if isinstance(item, str):
                     return item
+                if isinstance(item, int):
+                    self.pages_folded_unread = item
         return None
 
     def _receive(self) -> list[FrameReading] | None:
@@ -119,8 +187,7 @@ class ParseAhead:
         """Tell the child the log is complete and wait for its last catch-up; why it
         failed, if it did (the caller catches up itself anyway)."""
         if self.failure is None:
-            with contextlib.suppress(OSError, ValueError):
-                self._conn.send(None)
+            self._send(None)
             self._process.join(timeout)
             if self._process.is_alive():
                 self.stop()
@@ -142,28 +209,82 @@ class ParseAhead:
         self._conn.close()
 
 
-class _RecentParses:
-    """Parses of the last ``KEEP_BATCHES`` batches, by raw bytes: the projector reads
-    back from the log the very frames parsed a moment before."""
+def _consecutive(positions: Sequence[int]) -> bool:
+    """Whether the positions follow each other, each one more than the one before."""
+    if isinstance(positions, range):
+        return positions.step == 1
+    first = positions[0]
+    return all(position == first + i for i, position in enumerate(positions))
+
+
+class _RecentBatches:
+    """The raw frames and parses of the last ``KEEP_BATCHES`` batches: by bytes, for
+    frames read back from the log, and by batch and number, for batches whose landing
+    in the log is known (``pages``)."""
 
     def __init__(self, parse: Parser) -> None:
         self._parse = parse
-        self._batches: deque[dict[bytes, ParsedFrame]] = deque(maxlen=KEEP_BATCHES)
+        self._by_bytes: deque[dict[bytes, ParsedFrame]] = deque(maxlen=KEEP_BATCHES)
+        self._batches: dict[int, tuple[list[bytes], list[ParsedFrame]]] = {}
+        self._number = -1
 
-    def start_batch(self) -> None:
-        self._batches.append({})
-
-    def parse_and_keep(self, raw: bytes) -> ParsedFrame:
-        parsed = self._parse(raw)
-        self._batches[-1][raw] = parsed
-        return parsed
+    def parse_batch(self, raws: list[bytes]) -> list[ParsedFrame]:
+        """Parse and keep the next batch (batches are numbered from 0, in order)."""
+        self._number += 1
+        parses = [self._parse(raw) for raw in raws]
+        self._by_bytes.append(dict(zip(raws, parses, strict=True)))
+        self._batches[self._number] = (raws, parses)
+        self._batches.pop(self._number - KEEP_BATCHES, None)
+        return parses
 
     def __call__(self, raw: bytes) -> ParsedFrame:
-        for batch in reversed(self._batches):
+        for batch in reversed(self._by_bytes):
             parsed = batch.get(raw)
             if parsed is not None:
                 return parsed
         return self._parse(raw)
+
+    def pages(self, note: Note, page_size: int) -> list[ReadPage]:
+        """The pages of the log a note says a kept batch fills; [] when it says no such
+        thing, or the batch is no longer kept."""
+        kept = self._batches.get(note.batch) if note.batch is not None else None
+        if kept is None or note.first is None or note.frames is None:
+            return []
+        raws, parses = kept
+        pages: list[ReadPage] = []
+        after = note.first - 1
+        frames: list[PageFrame] = []
+        for position, origin, head in note.frames:
+            if frames and position - after > page_size:
+                pages.append(ReadPage(after, position - 1, frames))
+                after, frames = position - 1, []
+            frames.append((position, head, raws[origin], parses[origin]))
+        pages.append(ReadPage(after, note.committed, frames))
+        return pages
+
+
+class _LandedPages:
+    """Pages of the log the child holds, by the position each starts after: the
+    projector's ``known`` pages. A page it stepped past is dropped."""
+
+    def __init__(self) -> None:
+        self._pages: dict[int, ReadPage] = {}
+        #: The log position up to which the appender has said it committed.
+        self.committed = 0
+        self.folded = 0
+
+    def add(self, note: Note, pages: list[ReadPage]) -> None:
+        self.committed = max(self.committed, note.committed)
+        for page in pages:
+            self._pages[page.after] = page
+
+    def __call__(self, position: int) -> ReadPage | None:
+        for stale in [after for after in self._pages if after < position]:
+            del self._pages[stale]
+        page = self._pages.pop(position, None)
+        if page is not None:
+            self.folded += 1
+        return page
 
 
 def _parse_and_project(parent: int, url: str, conn: Connection) -> None:
@@ -171,22 +292,28 @@ def _parse_and_project(parent: int, url: str, conn: Connection) -> None:
     from adapters.deltadefi.frames import read
 
     try:
-        parses = _RecentParses(read)
-        reader = FrameReader(parses.parse_and_keep)
+        batches = _RecentBatches(read)
+        reader = FrameReader(read)
+        landed = _LandedPages()
         db = open_database(url)
         try:
-            projector = Projector(db, parse=parses)
+            projector = Projector(db, parse=batches, known=landed)
             while not parent_gone(parent):
                 # A waiting appender first; projecting only while it appends.
                 if conn.poll(POLL_S):
-                    raws = conn.recv()
+                    raws, notes = conn.recv()
+                    for note in notes:
+                        landed.add(note, batches.pages(note, PAGE_SIZE))
                     if raws is None:
                         projector.catch_up()
+                        conn.send(landed.folded)
                         return
-                    parses.start_batch()
+                    parses = batches.parse_batch(raws)
                     # Plain tuples: they pickle about ten times faster than readings.
-                    conn.send([tuple(reader(raw)) for raw in raws])
-                projector.catch_up()
+                    conn.send([tuple(reader.reading(parsed)) for parsed in parses])
+                # Only as far as the appender has said: the batches it has not spoken of
+                # yet are folded from the parses kept here once it has.
+                projector.catch_up(until=landed.committed)
         finally:
             db.close()
     except Exception as exc:  # reported to the parent, which parses and projects itself

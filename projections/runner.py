@@ -43,7 +43,9 @@ from projections.state import (
 
 Parser = Callable[[bytes], ParsedFrame]
 Progress = Callable[[int, int], None]
-#: One event of a page: (log position, topic, stored state).
+#: The page of the log right after a position, if this process already holds it exactly
+#: (its every event, read and parsed as ``read_frames`` would), else None.
+KnownPages = Callable[[int], ReadPage | None]
 
 #: Consecutive refusals of one page (no other projector advancing) before giving up.
 MAX_REFUSALS = 20
@@ -79,12 +81,15 @@ class Projector:
         window: Window = Window(),
         page_size: int = PAGE_SIZE,
         read_ahead: bool = False,
+        known: KnownPages | None = None,
     ) -> None:
         """``read_ahead``: let long catch-ups parse in a second process (see
         ``projections.read_ahead``); for one-off replays, not for a process that forks
-        children of its own."""
+        children of its own. ``known``: pages of the log this process already holds,
+        read and parsed, offered before each read of the log (see ``KnownPages``)."""
         self.log = log
         self.read_ahead = read_ahead
+        self.known = known
         self._committed: tuple[LedgerState, int] | None = None
         self.views_db = views_db or log
         self.parse = parse
@@ -107,8 +112,9 @@ class Projector:
         with self.views_db.reading() as cur:
             return views.load_state(cur)
 
-    def catch_up(self, progress: Progress | None = None) -> int:
-        """Apply every event after the tracking position; return the new position.
+    def catch_up(self, progress: Progress | None = None, *, until: int | None = None) -> int:
+        """Apply every event after the tracking position (up to and including ``until``,
+        when given); return the new position.
 
         A transient database failure (a restart, a cut connection) is waited out for up
         to ``RETRY_WINDOW_S`` from the first one: every committed page is durable, so the
@@ -118,7 +124,7 @@ class Projector:
         delay = 0.05
         while True:
             try:
-                return self._catch_up(progress)
+                return self._catch_up(progress, until)
             except Exception as exc:
                 if not (self.log.is_transient(exc) or self.views_db.is_transient(exc)):
                     raise
@@ -128,7 +134,7 @@ class Projector:
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def _catch_up(self, progress: Progress | None) -> int:
+    def _catch_up(self, progress: Progress | None, until: int | None) -> int:
         # The state this projector committed last time, if it did: a later catch-up (the
         # live path makes one per batch) need not read it back. Taken, not shared: any
         # failure below leaves no cached state, and the next catch-up loads afresh. A
@@ -136,14 +142,17 @@ class Projector:
         # as a state loaded a moment too early.
         cached, self._committed = self._committed, None
         state, position = cached if cached is not None else self.load_at_position()
+        stop = self.window.stop
+        if until is not None:
+            stop = until if stop is None else min(stop, until)
         # The head is only needed to read ahead or show progress: the live path, one
         # catch-up per batch, saves the query (a round trip on PostgreSQL).
         head = position
-        if self.window.stop is not None:
-            head = self.window.stop
+        if stop is not None:
+            head = stop
         elif progress is not None or self.read_ahead:
             head = self.log.head()
-        ahead = self._read_ahead(position, head)
+        ahead = self._read_ahead(position, head, stop)
         # A catch-up long enough to read ahead parses each frame once: the memory of
         # recent parses would only cost time (see ``replay_parser``).
         parse = replay_parser(self.parse) if ahead else self.parse
@@ -165,14 +174,19 @@ class Projector:
                             ahead.close()
                         ahead, waiting = None, None
                     # Otherwise this is a page the child stepped over.
-                    events = self.log.read_page(position, self.page_size, stop=self.window.stop)
-                    if not events:
-                        self._committed = (state, position)
-                        return position
-                    at_head = len(events) < self.page_size
-                    # Parsed before the write transaction opens: parsing is pure, and on
-                    # SQLite the transaction holds the one write lock the appender waits for.
-                    end, frames = events[-1][0], read_frames(events, parse)
+                    known = self.known(position) if self.known is not None else None
+                    if known is not None and (stop is None or known.end <= stop):
+                        end, frames = known.end, known.frames
+                    else:
+                        events = self.log.read_page(position, self.page_size, stop=stop)
+                        if not events:
+                            self._committed = (state, position)
+                            return position
+                        at_head = len(events) < self.page_size
+                        # Parsed before the write transaction opens: parsing is pure, and on
+                        # SQLite the transaction holds the one write lock the appender waits
+                        # for.
+                        end, frames = events[-1][0], read_frames(events, parse)
                 try:
                     with self.views_db.transaction(durable=False) as cur:
                         self.views_db.record_tracking(cur, views.PROJECTION_NAME, end)
@@ -208,7 +222,7 @@ class Projector:
             if ahead:
                 ahead.close()
 
-    def _read_ahead(self, position: int, head: int) -> ReadAhead | None:
+    def _read_ahead(self, position: int, head: int, stop: int | None) -> ReadAhead | None:
         """A child reading and parsing ahead, when there is enough log to be worth it."""
         if not self.read_ahead or head - position < READ_AHEAD_MIN_EVENTS:
             return None
@@ -218,7 +232,7 @@ class Projector:
                 replay_parser(self.parse),
                 after=position,
                 page_size=self.page_size,
-                stop=self.window.stop,
+                stop=stop,
             )
         except CannotReadAhead:
             return None  # a parser a spawned child cannot import: read in process

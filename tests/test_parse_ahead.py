@@ -55,11 +55,15 @@ def test_a_log_parsed_ahead_is_byte_for_byte_the_log_parsed_here(
         db = open_database(db_url)
         try:
             ledger = Ledger(db, parse)
-            report = ledger.ingest_read(ahead.plan(_batches(capture, 150), ledger.reader))
+            report = ledger.ingest_read(
+                ahead.plan(_batches(capture, 150), ledger.reader), on_batch=ahead.committed
+            )
             assert ahead.finish(timeout=120) is None
             projector = Projector(db)
-            # The child projected the whole log: nothing is left for this process.
+            # The child projected the whole log: nothing is left for this process. It
+            # folded the batches from its own parses, told where each landed.
             assert projector.position == db.head() == report.log_position
+            assert ahead.pages_folded_unread == 8  # every batch, one page each
             assert verify(db).ok
         finally:
             db.close()
@@ -112,3 +116,31 @@ def test_a_parsing_process_that_cannot_open_the_database_says_why(
     assert report.frames == len(
         [line for line in capture.read_bytes().split(b"\n") if line.strip()]
     )
+
+
+def test_another_writers_frames_between_batches_are_read_from_the_log(
+    db_url: str, capture: Path, imported_here: tuple[str, AppendReport]
+) -> None:
+    here, _ = imported_here
+    with ParseAhead(db_url) as ahead:
+        db = open_database(db_url)
+        try:
+            ledger, other = Ledger(db, parse), Ledger(db, parse)
+            for number, batch in enumerate(ahead.plan(_batches(capture, 150), ledger.reader)):
+                ahead.committed(ledger.append_read(batch))
+                if number % 3 == 1:
+                    # Another writer's frame lands between two of this import's batches.
+                    other.append(
+                        [IncomingFrame(b'{"type":"Account","sub_type":"x"}', "ws", RECEIVED_AT)]
+                    )
+            assert ahead.finish(timeout=120) is None
+            assert Projector(db).position == db.head()
+            assert ahead.pages_folded_unread is not None and ahead.pages_folded_unread > 0
+            assert verify(db).ok
+        finally:
+            db.close()
+    # The import's own frames and claims, in order, are the ones imported in one process.
+    mine = [
+        row[1:] for row in dump_log(db_url) if b"file:session" in row[-1] or b'"fill"' in row[-1]
+    ]
+    assert mine == [row[1:] for row in dump_log(here)]

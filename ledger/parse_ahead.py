@@ -87,8 +87,9 @@ class ParseAhead:
         self.pages_folded_unread: int | None = None
         #: Batches sent to the child; a batch's number is the count before it.
         self._sent_batches = 0
-        #: The number of the batch ``plan`` handed out last, if the child parsed it.
-        self._handed_out: int | None = None
+        #: The batches ``plan`` handed out and ``committed`` has not yet heard of, in
+        #: order: each one's number if the child parsed it, else None.
+        self._handed_out: deque[int | None] = deque()
         #: Notes not yet sent to the child.
         self._notes: list[Note] = []
 
@@ -101,7 +102,8 @@ class ParseAhead:
     ) -> Iterator[list[Planned]]:
         """``reader.plan`` of each batch, with the parsing done by the child: each batch
         is sent before the one before it is handed on, so the child parses it while the
-        caller appends that one. Once the child fails, ``reader`` does it here."""
+        caller appends that one. Once the child fails, ``reader`` does it here. Tell
+        ``committed`` of each batch, in order, once it is committed."""
         sent: tuple[list[IncomingFrame], int] | None = None
         for batch in batches:
             # The batch before's readings are taken before this batch is sent: each side
@@ -112,17 +114,19 @@ class ParseAhead:
                 yield done
             sent = (batch, number) if number is not None else None
             if number is None:
-                self._handed_out = None
+                self._handed_out.append(None)
                 yield reader.plan(batch)
         if sent is not None:
             yield self._planned(*sent, reader)
 
     def committed(self, report: AppendReport) -> None:
-        """Say where the batch ``plan`` handed out last landed, once it is committed (the
-        child hears of it with the next batch, when it is listening)."""
+        """Say where the oldest batch ``plan`` handed out and not yet spoken of landed, once
+        it is committed (the child hears of it with the next batch it is sent, when it is
+        listening)."""
+        number = self._handed_out.popleft() if self._handed_out else None
         landed = report.landed
         note = Note(report.log_position)
-        if landed is not None and self._handed_out is not None and landed.positions:
+        if landed is not None and number is not None and landed.positions:
             positions, first = landed.positions, landed.positions[0]
             if _consecutive(positions):
                 frames = [
@@ -132,7 +136,7 @@ class ParseAhead:
                     )
                     if origin >= 0
                 ]
-                note = Note(positions[-1], self._handed_out, first, frames)
+                note = Note(positions[-1], number, first, frames)
         self._notes.append(note)
 
     def _planned(
@@ -140,9 +144,9 @@ class ParseAhead:
     ) -> list[Planned]:
         readings = self._receive()
         if readings is None:
-            self._handed_out = None
+            self._handed_out.append(None)
             return reader.plan(batch)
-        self._handed_out = number
+        self._handed_out.append(number)
         return [(frame, frame.frame_id(), r) for frame, r in zip(batch, readings, strict=True)]
 
     def _send(self, raws: Sequence[bytes] | None) -> int | None:

@@ -3,6 +3,7 @@ second process writes exactly what an import parsed in one process writes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 from helpers import dump_log, make_capture
 
 from adapters.deltadefi.frames import parse
-from adapters.storage import open_database
+from adapters.storage import Database, open_database
 from ledger.application import AppendReport, IncomingFrame, Ledger, numbered_batches
 from ledger.parse_ahead import ParseAhead
 from projections.runner import Projector, verify
@@ -23,6 +24,17 @@ RECEIVED_AT = "2026-11-24T09:00:00.000000Z"
 def _batches(capture: Path, size: int) -> Iterator[list[IncomingFrame]]:
     lines = enumerate(capture.read_bytes().split(b"\n"), start=1)
     return numbered_batches(lines, "file:session", size, lambda: RECEIVED_AT)
+
+
+@contextlib.contextmanager
+def _parsing_ahead(url: str) -> Iterator[tuple[ParseAhead, Database, Ledger]]:
+    """A parsing child for ``url``, and this process's database and ledger."""
+    with ParseAhead(url) as ahead:
+        db = open_database(url)
+        try:
+            yield ahead, db, Ledger(db, parse)
+        finally:
+            db.close()
 
 
 @pytest.fixture
@@ -51,22 +63,17 @@ def test_a_log_parsed_ahead_is_byte_for_byte_the_log_parsed_here(
 ) -> None:
     here, expected = imported_here
 
-    with ParseAhead(db_url) as ahead:
-        db = open_database(db_url)
-        try:
-            ledger = Ledger(db, parse)
-            report = ledger.ingest_read(
-                ahead.plan(_batches(capture, 150), ledger.reader), on_batch=ahead.committed
-            )
-            assert ahead.finish(timeout=120) is None
-            projector = Projector(db)
-            # The child projected the whole log: nothing is left for this process. It
-            # folded the batches from its own parses, told where each landed.
-            assert projector.position == db.head() == report.log_position
-            assert ahead.pages_folded_unread == 8  # every batch, one page each
-            assert verify(db).ok
-        finally:
-            db.close()
+    with _parsing_ahead(db_url) as (ahead, db, ledger):
+        report = ledger.ingest_read(
+            ahead.plan(_batches(capture, 150), ledger.reader), on_batch=ahead.committed
+        )
+        assert ahead.finish(timeout=120) is None
+        projector = Projector(db)
+        # The child projected the whole log: nothing is left for this process. It
+        # folded the batches from its own parses, told where each landed.
+        assert projector.position == db.head() == report.log_position
+        assert ahead.pages_folded_unread == 8  # every batch, one page each
+        assert verify(db).ok
 
     assert report.as_json() == expected.as_json()
     assert report.rejected > 0 and report.fills_duplicate > 0
@@ -122,23 +129,19 @@ def test_another_writers_frames_between_batches_are_read_from_the_log(
     db_url: str, capture: Path, imported_here: tuple[str, AppendReport]
 ) -> None:
     here, _ = imported_here
-    with ParseAhead(db_url) as ahead:
-        db = open_database(db_url)
-        try:
-            ledger, other = Ledger(db, parse), Ledger(db, parse)
-            for number, batch in enumerate(ahead.plan(_batches(capture, 150), ledger.reader)):
-                ahead.committed(ledger.append_read(batch))
-                if number % 3 == 1:
-                    # Another writer's frame lands between two of this import's batches.
-                    other.append(
-                        [IncomingFrame(b'{"type":"Account","sub_type":"x"}', "ws", RECEIVED_AT)]
-                    )
-            assert ahead.finish(timeout=120) is None
-            assert Projector(db).position == db.head()
-            assert ahead.pages_folded_unread is not None and ahead.pages_folded_unread > 0
-            assert verify(db).ok
-        finally:
-            db.close()
+    with _parsing_ahead(db_url) as (ahead, db, ledger):
+        other = Ledger(db, parse)
+        for number, batch in enumerate(ahead.plan(_batches(capture, 150), ledger.reader)):
+            ahead.committed(ledger.append_read(batch))
+            if number % 3 == 1:
+                # Another writer's frame lands between two of this import's batches.
+                other.append(
+                    [IncomingFrame(b'{"type":"Account","sub_type":"x"}', "ws", RECEIVED_AT)]
+                )
+        assert ahead.finish(timeout=120) is None
+        assert Projector(db).position == db.head()
+        assert ahead.pages_folded_unread is not None and ahead.pages_folded_unread > 0
+        assert verify(db).ok
     # The import's own frames and claims, in order, are the ones imported in one process.
     mine = [
         row[1:] for row in dump_log(db_url) if b"file:session" in row[-1] or b'"fill"' in row[-1]
@@ -149,20 +152,15 @@ def test_another_writers_frames_between_batches_are_read_from_the_log(
 def test_a_caller_may_say_a_batch_committed_after_taking_the_next_one(
     sqlite_url: str, capture: Path
 ) -> None:
-    with ParseAhead(sqlite_url) as ahead:
-        db = open_database(sqlite_url)
-        try:
-            ledger = Ledger(db, parse)
-            held: AppendReport | None = None
-            for batch in ahead.plan(_batches(capture, 150), ledger.reader):
-                report = ledger.append_read(batch)
-                if held is not None:
-                    ahead.committed(held)  # one batch late: notes still name the right batch
-                held = report
-            assert held is not None
-            ahead.committed(held)
-            assert ahead.finish(timeout=120) is None
-            assert ahead.pages_folded_unread == 8
-            assert verify(db).ok
-        finally:
-            db.close()
+    with _parsing_ahead(sqlite_url) as (ahead, db, ledger):
+        held: AppendReport | None = None
+        for batch in ahead.plan(_batches(capture, 150), ledger.reader):
+            report = ledger.append_read(batch)
+            if held is not None:
+                ahead.committed(held)  # one batch late: notes still name the right batch
+            held = report
+        assert held is not None
+        ahead.committed(held)
+        assert ahead.finish(timeout=120) is None
+        assert ahead.pages_folded_unread == 8
+        assert verify(db).ok

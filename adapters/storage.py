@@ -146,8 +146,7 @@ class SqlCursor:
             self.raw.execute(f"{select} WHERE {column} = ANY(%b)", (list(values),))  # nosec B608
             return self.fetchall()
         rows: list[tuple[Any, ...]] = []
-        for start in range(0, len(values), 500):
-            chunk = values[start : start + 500]
+        for chunk in _chunks(list(values), 500):
             marks = ",".join("?" * len(chunk))
             # bandit B608: as above; the values are bound parameters.
             self.raw.execute(f"{select} WHERE {column} IN ({marks})", chunk)  # nosec B608
@@ -212,7 +211,23 @@ class Database:
 
     def existing(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
         """Which of these event ids are already in the log, with their stored state."""
-        raise NotImplementedError
+        found: dict[uuid.UUID, bytes] = {}
+        # Events are only ever added: an id found stays found, so no snapshot is needed.
+        with self.reading(snapshot=False) as cur:
+            rows = cur.rows_where_in(
+                "SELECT originator_id, originator_version, state FROM stored_events",
+                "originator_id",
+                [self._id_param(i) for i in ids],
+            )
+        for oid, version, state in rows:
+            if version == 1:  # every event is version 1 of its own originator
+                found[oid if isinstance(oid, uuid.UUID) else uuid.UUID(str(oid))] = bytes(state)
+        return found
+
+    @staticmethod
+    def _id_param(event_id: uuid.UUID) -> Any:
+        """An event id as this store's ``originator_id`` column takes it."""
+        return event_id
 
     def read(
         self, after: int, limit: int, topics: Sequence[str] = (), stop: int | None = None
@@ -410,21 +425,9 @@ class SQLiteDatabase(Database):
             last = int(cur.raw.fetchone()[0])
         return range(last - len(rows) + 1, last + 1)
 
-    def existing(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
-        found: dict[uuid.UUID, bytes] = {}
-        # Events are only ever added: an id found stays found, so no snapshot is needed.
-        with self.reading(snapshot=False) as cur:
-            for chunk in _chunks(list(ids), 500):
-                marks = ",".join("?" * len(chunk))
-                cur.execute(
-                    "SELECT originator_id, state FROM stored_events "
-                    # bandit B608: only "?" marks are interpolated.
-                    f"WHERE originator_version = 1 AND originator_id IN ({marks})",  # nosec B608
-                    [i.hex for i in chunk],
-                )
-                for oid, state in cur.fetchall():
-                    found[uuid.UUID(oid)] = bytes(state)
-        return found
+    @staticmethod
+    def _id_param(event_id: uuid.UUID) -> Any:
+        return event_id.hex  # the library's SQLite table keeps ids as 32 hex digits
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[SqlCursor]:
@@ -555,22 +558,6 @@ class PostgresDatabase(Database):
                 ),
             )
             return [int(row["notification_id"]) for row in curs.fetchall()]
-
-    def existing(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, bytes]:
-        found: dict[uuid.UUID, bytes] = {}
-        if not ids:
-            return found
-        # Events are only ever added: an id found stays found, so no snapshot is needed.
-        with self.reading(snapshot=False) as cur:
-            for chunk in _chunks(list(ids), 5000):
-                cur.execute(
-                    "SELECT originator_id, state FROM stored_events "
-                    "WHERE originator_version = 1 AND originator_id = ANY(?)",
-                    (chunk,),
-                )
-                for oid, state in cur.fetchall():
-                    found[oid if isinstance(oid, uuid.UUID) else uuid.UUID(str(oid))] = bytes(state)
-        return found
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[SqlCursor]:

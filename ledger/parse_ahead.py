@@ -222,28 +222,32 @@ def _consecutive(positions: Sequence[int]) -> bool:
 
 
 class _RecentBatches:
-    """The raw frames and parses of the last ``KEEP_BATCHES`` batches: by bytes, for
-    frames read back from the log, and by batch and number, for batches whose landing
-    in the log is known (``pages``)."""
+    """The raw frames and parses of the last ``KEEP_BATCHES`` batches: by batch and
+    number, for batches whose landing in the log is known (``pages``), and by bytes, for
+    frames read back from the log (an index made on the first such read)."""
 
     def __init__(self, parse: Parser) -> None:
         self._parse = parse
-        self._by_bytes: deque[dict[bytes, ParsedFrame]] = deque(maxlen=KEEP_BATCHES)
         self._batches: dict[int, tuple[list[bytes], list[ParsedFrame]]] = {}
+        self._by_bytes: dict[int, dict[bytes, ParsedFrame]] = {}
         self._number = -1
 
     def parse_batch(self, raws: list[bytes]) -> list[ParsedFrame]:
         """Parse and keep the next batch (batches are numbered from 0, in order)."""
         self._number += 1
         parses = [self._parse(raw) for raw in raws]
-        self._by_bytes.append(dict(zip(raws, parses, strict=True)))
         self._batches[self._number] = (raws, parses)
         self._batches.pop(self._number - KEEP_BATCHES, None)
+        self._by_bytes.pop(self._number - KEEP_BATCHES, None)
         return parses
 
     def __call__(self, raw: bytes) -> ParsedFrame:
-        for batch in reversed(self._by_bytes):
-            parsed = batch.get(raw)
+        for number in sorted(self._batches, reverse=True):
+            index = self._by_bytes.get(number)
+            if index is None:
+                raws, parses = self._batches[number]
+                index = self._by_bytes[number] = dict(zip(raws, parses, strict=True))
+            parsed = index.get(raw)
             if parsed is not None:
                 return parsed
         return self._parse(raw)

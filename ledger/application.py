@@ -11,6 +11,7 @@ against the log as it now stands. Nothing is ever updated or deleted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -22,7 +23,13 @@ from typing import NamedTuple, Protocol, TypeVar
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from ledger.domain import Fill, ParsedFrame
-from ledger.events import FillClaimed, FrameReceived, claim_id, frame_id_for_line
+from ledger.events import (
+    FillClaimed,
+    FrameReceived,
+    claim_id,
+    frame_id_for_line,
+    line_ordered_frame_id,
+)
 
 Parser = Callable[[bytes], ParsedFrame]
 
@@ -115,17 +122,22 @@ class LogStore(Protocol):
 
 @dataclass(frozen=True)
 class IncomingFrame:
-    """One raw frame as it arrived. ``line`` is set for frames read from a file."""
+    """One raw frame as it arrived. ``line`` is set for frames read from a file;
+    ``hashed_id`` for a file whose lines the log holds under ``frame_id_for_line``
+    (see ``Ledger.keeps_hashed_ids``)."""
 
     raw: bytes
     source: str
     received_at: str
     line: int | None = None
+    hashed_id: bool = False
 
     def frame_id(self) -> uuid.UUID:
         if self.line is None:
             return uuid.uuid4()
-        return frame_id_for_line(self.source, self.line, self.raw)
+        if self.hashed_id:
+            return frame_id_for_line(self.source, self.line, self.raw)
+        return line_ordered_frame_id(self.source, self.line, self.raw)
 
     def may_be_in_log(self) -> bool:
         """False only when ``frame_id`` is new every time (random: a live frame), so the
@@ -348,8 +360,27 @@ class Ledger:
         killed half-way completes when run again. ``on_batch`` sees each batch's
         report once the batch is committed.
         """
-        batches = numbered_batches(lines, source, batch_size, received_at)
+        batches = self.line_batches(lines, source, batch_size, received_at)
         return self.ingest_read((self.reader.plan(batch) for batch in batches), on_batch=on_batch)
+
+    def line_batches(
+        self,
+        lines: Iterable[tuple[int, bytes]],
+        source: str,
+        size: int,
+        received_at: Callable[[], str] = utc_now,
+    ) -> Iterator[list[IncomingFrame]]:
+        """``numbered_batches`` of a capture, with the ids this log knows its lines by."""
+        first, lines = first_frame_line(lines)
+        hashed = first is not None and self.keeps_hashed_ids(source, *first)
+        return numbered_batches(lines, source, size, received_at, hashed_ids=hashed)
+
+    def keeps_hashed_ids(self, source: str, line: int, raw: bytes) -> bool:
+        """Whether the log holds this capture's first frame line under the id it had
+        before ids came in line order (``events.frame_id_for_line``): its lines then
+        keep those ids, so that importing it again still appends nothing."""
+        old_id = frame_id_for_line(source, line, raw)
+        return bool(self._retry_transient(lambda: self.store.existing([old_id])))
 
     def ingest_read(
         self,
@@ -375,18 +406,41 @@ def numbered_batches(
     source: str,
     size: int,
     received_at: Callable[[], str] = utc_now,
+    *,
+    hashed_ids: bool = False,
 ) -> Iterator[list[IncomingFrame]]:
-    """Numbered lines of a capture as frames, ``size`` to a batch; blank lines skipped."""
+    """Numbered lines of a capture as frames, ``size`` to a batch; blank lines skipped.
+    ``hashed_ids``: see ``Ledger.keeps_hashed_ids``."""
     batch: list[IncomingFrame] = []
     for number, raw in lines:
         if not raw.strip():
             continue
-        batch.append(IncomingFrame(raw=raw, source=source, received_at=received_at(), line=number))
+        batch.append(
+            IncomingFrame(
+                raw=raw,
+                source=source,
+                received_at=received_at(),
+                line=number,
+                hashed_id=hashed_ids,
+            )
+        )
         if len(batch) >= size:
             yield batch
             batch = []
     if batch:
         yield batch
+
+
+def first_frame_line(
+    lines: Iterable[tuple[int, bytes]],
+) -> tuple[tuple[int, bytes] | None, Iterator[tuple[int, bytes]]]:
+    """The first line that is not blank (None if there is none), and all the lines,
+    that one included."""
+    it = iter(lines)
+    for number, raw in it:
+        if raw.strip():
+            return (number, raw), itertools.chain([(number, raw)], it)
+    return None, iter(())
 
 
 def _claim_digest(state: bytes | None) -> str | None:

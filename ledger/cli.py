@@ -22,7 +22,7 @@ from rich.table import Table
 
 from adapters.deltadefi.frames import normalise_timestamp
 from adapters.storage import DatabaseUnavailable, DatabaseURLError, parse_url
-from ledger.application import AppendReport, numbered_batches
+from ledger.application import AppendReport
 from ledger.bootstrap import LedgerServices, open_ledger
 from ledger.parse_ahead import ParseAhead
 from ledger.settings import LedgerSettings
@@ -211,7 +211,7 @@ def ingest(
             bar.start()
         try:
             reader = services.ledger.reader
-            batches = numbered_batches(lines, source, batch_size)
+            batches = services.ledger.line_batches(lines, source, batch_size)
             planned = (
                 ahead.plan(batches, reader)
                 if ahead is not None

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from adapters.deltadefi import frames
 from ledger.bootstrap import LedgerServices, open_ledger
 from ledger.domain import ParsedFrame, has_unsafe_text
-from ledger.events import claim_id, frame_id_for_line
+from ledger.events import claim_id, line_ordered_frame_id
 from reliability import hostile
 from reliability._support import (
     LONG,
@@ -137,7 +137,7 @@ def store(db_url: str) -> Iterator[Store]:
 
 
 def _check_line(store: Store, source: str, number: int, raw: bytes, must_reject: bool) -> None:
-    fid = frame_id_for_line(source, number, raw)
+    fid = line_ordered_frame_id(source, number, raw)
     stored = store.event(fid)
     if not raw.strip():
         assert stored is None, "a blank line became a frame"

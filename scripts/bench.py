@@ -83,6 +83,9 @@ class Measured:
     seconds: float
     max_rss_mb: float
     output: dict[str, Any]
+    #: What the command and its children wrote to files, as the kernel counts what they
+    #: send to storage (512-byte blocks; a PostgreSQL server's own writes are not in it).
+    written_mb: float = 0.0
 
 
 #: A tiny process between the benchmark and each measured command. Linux charges a child's
@@ -97,7 +100,7 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - started
 with open(sys.argv[1], "w") as out:
-    json.dump({"seconds": seconds, "max_rss_kib": usage.ru_maxrss}, out)
+    json.dump({"seconds": seconds, "max_rss_kib": usage.ru_maxrss, "blocks_out": usage.ru_oublock}, out)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -125,7 +128,12 @@ def run_ledger(url: str, *args: str) -> Measured:
     if code not in (0, 1):
         raise RuntimeError(f"{' '.join(args)} failed ({code}): {stderr.strip()[:500]}")
     # ru_maxrss is in KiB on Linux.
-    return Measured(measured["seconds"], measured["max_rss_kib"] / 1024, json.loads(stdout))
+    return Measured(
+        measured["seconds"],
+        measured["max_rss_kib"] / 1024,
+        json.loads(stdout),
+        measured["blocks_out"] * 512 / 1e6,
+    )
 
 
 def generate_capture(path: Path, frames: int, seed: int) -> None:
@@ -208,12 +216,16 @@ class Stores:
 def bench_project(stores: Stores, kind: str, capture: Path, runs: int) -> dict[str, Any]:
     imports, rebuilds, verifies = [], [], []
     import_rss, rebuild_rss = [], []
+    written, file_sizes = [], []
     hashes: set[str] = set()
     out: dict[str, Any] = {}
     for _ in range(runs):
         url = stores.fresh(kind)
         try:
             ingest = run_ledger(url, "ingest", str(capture))
+            if kind == "sqlite":
+                written.append(ingest.written_mb)
+                file_sizes.append(Path(url).stat().st_size / 1e6)
             rebuild = run_ledger(url, "rebuild")
             verify = run_ledger(url, "verify")
         finally:
@@ -245,6 +257,12 @@ def bench_project(stores: Stores, kind: str, capture: Path, runs: int) -> dict[s
         "verify_seconds": summary(verifies),
         "import_peak_rss_mb": summary(import_rss),
         "rebuild_peak_rss_mb": summary(rebuild_rss),
+        # SQLite only: a server's writes are not the command's.
+        **(
+            {"import_written_mb": summary(written), "import_file_mb": summary(file_sizes)}
+            if written
+            else {}
+        ),
     }
 
 
@@ -1121,6 +1139,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"peak RSS, rebuild, {name}: MB",
             lambda z, k=kind: _cell(z["project"][k]["rebuild_peak_rss_mb"]),
         )
+        if kind == "sqlite":
+            row(
+                "disk written by the import, SQLite: MB (the file's size after it)",
+                lambda z: (
+                    f"{_cell(z['project']['sqlite']['import_written_mb'])} "
+                    f"({z['project']['sqlite']['import_file_mb']['median']:,.0f})"
+                ),
+            )
     ceiling_names = {
         "a_sqlite_insert": "ceiling (a) sqlite3 insert, commit/100: frames/s",
         "a_postgresql_insert": "ceiling (a) psycopg insert, commit/100: frames/s",

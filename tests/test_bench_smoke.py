@@ -91,6 +91,12 @@ def test_bench_runs_at_2000_frames(tmp_path: Path, pg_server: str) -> None:
         assert project["fills"] > 0 and project["log_events"] > project["frames"]
         for figure in FIGURES:
             _positive_stat(project[figure], f"{kind}.{figure}")
+    # What an import wrote is counted for the embedded store only (a server writes its own),
+    # and it is at least the new file it leaves.
+    sqlite = size["project"]["sqlite"]
+    _positive_stat(sqlite["import_file_mb"], "sqlite.import_file_mb")
+    assert sqlite["import_written_mb"]["min"] >= sqlite["import_file_mb"]["max"]
+    assert "import_written_mb" not in size["project"]["postgresql"]
     assert size["same_state_hash_on_every_store"] is True
     for name in CEILINGS:
         _positive_stat(size["ceilings"][name]["seconds"], name)

@@ -378,7 +378,9 @@ class Ledger:
     def keeps_hashed_ids(self, source: str, line: int, raw: bytes) -> bool:
         """Whether the log holds this capture's first frame line under the id it had
         before ids came in line order (``events.frame_id_for_line``): its lines then
-        keep those ids, so that importing it again still appends nothing."""
+        keep those ids, so that importing it again still appends nothing. (Had that
+        first line been changed since, every line would get a new id and its frame be
+        appended again; each fill would still be claimed once.)"""
         old_id = frame_id_for_line(source, line, raw)
         return bool(self._retry_transient(lambda: self.store.existing([old_id])))
 

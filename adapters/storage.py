@@ -142,8 +142,16 @@ class SqlCursor:
         if not values:
             return []
         if self._pg:
+            # Never prepared: psycopg prepares a query run often, and PostgreSQL may then keep
+            # a generic plan made while the table was small (a sequential scan) for as long
+            # as no ANALYZE changes its statistics, which without autovacuum is for ever;
+            # the booked-fills query of a live session then scanned a growing table each batch.
             # bandit B608: ``select`` and ``column`` are the caller's constants.
-            self.raw.execute(f"{select} WHERE {column} = ANY(%b)", (list(values),))  # nosec B608
+            self.raw.execute(
+                f"{select} WHERE {column} = ANY(%b)",  # nosec B608
+                (list(values),),
+                prepare=False,
+            )
             return self.fetchall()
         rows: list[tuple[Any, ...]] = []
         for chunk in _chunks(list(values), 500):

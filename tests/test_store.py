@@ -304,6 +304,37 @@ def test_inserted_rows_arrive_whole_and_a_broken_key_fails_them_all(
         db.close()
 
 
+@pytest.mark.postgres
+def test_rows_where_in_is_planned_for_the_table_as_it_is_now(pg_url: str) -> None:
+    """The booked-fills query must not keep a plan made while its table was small.
+
+    psycopg prepares a query from its fifth run, and PostgreSQL then keeps the prepared
+    statement's generic plan until an ANALYZE changes the table's statistics (never, with
+    autovacuum off, as on these machines). Made for a table of a few pages, that plan is a
+    sequential scan: a live session's projecting slowed with every fill booked (up to
+    100 ms a query, seen with auto_explain) and fell behind at 2,000 frames/s. So the
+    query is never prepared, and each run is planned for the table as it is."""
+    db = open_database(pg_url)
+    table = "probe_plans"
+    try:
+        with db.transaction(durable=False) as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute(f"CREATE TABLE {table} (k TEXT PRIMARY KEY)")
+            cur.insert_rows(table, ("k",), [(f"k{i}",) for i in range(50)])
+        with db.reading() as cur:
+            for _ in range(10):
+                assert cur.rows_where_in(f"SELECT k FROM {table}", "k", ["k1", "x"]) == [("k1",)]
+            cur.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE ?",
+                (f"%{table}%",),
+            )
+            assert cur.fetchone() == (0,)
+    finally:
+        with db.transaction(durable=False) as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+        db.close()
+
+
 def test_rows_where_in_finds_exactly_the_rows_among_many_values(db_url: str) -> None:
     """``rows_where_in``: one binary array on PostgreSQL, chunks of 500 on SQLite; either
     way the rows whose key is among the values, over several chunks, and nothing else."""

@@ -111,6 +111,10 @@ def parse_url(url: str) -> DatabaseURL:
 COPY_FROM_ROWS = 100
 
 
+#: ``rows_where_in`` on PostgreSQL plans a query of this many values or fewer afresh each run.
+UNPREPARED_MAX_VALUES = 100
+
+
 class SqlCursor:
     """A cursor that speaks one dialect of parameters (``?``) and returns tuples."""
 
@@ -142,15 +146,17 @@ class SqlCursor:
         if not values:
             return []
         if self._pg:
-            # Never prepared: psycopg prepares a query run often, and PostgreSQL may then keep
-            # a generic plan made while the table was small (a sequential scan) for as long
-            # as no ANALYZE changes its statistics, which without autovacuum is for ever;
-            # the booked-fills query of a live session then scanned a growing table each batch.
+            # A few values are never prepared: psycopg prepares a query run often, and
+            # PostgreSQL may then keep a generic plan made while the table was small (a
+            # sequential scan) for as long as no ANALYZE changes its statistics, which
+            # without autovacuum is for ever; the booked-fills query of a live session, a
+            # few ids a batch, then scanned a growing table every batch. (Many values, a page
+            # of a replay, measured no worse prepared, and planning them costs more.)
             # bandit B608: ``select`` and ``column`` are the caller's constants.
             self.raw.execute(
                 f"{select} WHERE {column} = ANY(%b)",  # nosec B608
                 (list(values),),
-                prepare=False,
+                prepare=False if len(values) <= UNPREPARED_MAX_VALUES else None,
             )
             return self.fetchall()
         rows: list[tuple[Any, ...]] = []

@@ -312,8 +312,9 @@ def test_rows_where_in_is_planned_for_the_table_as_it_is_now(pg_url: str) -> Non
     statement's generic plan until an ANALYZE changes the table's statistics (never, with
     autovacuum off, as on these machines). Made for a table of a few pages, that plan is a
     sequential scan: a live session's projecting slowed with every fill booked (up to
-    100 ms a query, seen with auto_explain) and fell behind at 2,000 frames/s. So the
-    query is never prepared, and each run is planned for the table as it is."""
+    100 ms a query, seen with auto_explain) and fell behind at 2,000 frames/s. So a query
+    of a few values (a live batch's) is never prepared: each run is planned for the table
+    as it is."""
     db = open_database(pg_url)
     table = "probe_plans"
     try:

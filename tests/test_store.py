@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.deltadefi.frames import parse
-from adapters.storage import COPY_FROM_ROWS, open_database
+from adapters.storage import COPY_FROM_ROWS, Database, open_database
 from ledger import events
 from ledger.application import Ledger, numbered_batches
 from ledger.events import (
@@ -315,21 +317,28 @@ def test_rows_where_in_is_planned_for_the_table_as_it_is_now(pg_url: str) -> Non
     100 ms a query, seen with auto_explain) and fell behind at 2,000 frames/s. So a query
     of a few values (a live batch's) is never prepared: each run is planned for the table
     as it is."""
-    db = open_database(pg_url)
     table = "probe_plans"
+    with _keys_table(pg_url, table, [f"k{i}" for i in range(50)]) as db, db.reading() as cur:
+        for _ in range(10):
+            assert cur.rows_where_in(f"SELECT k FROM {table}", "k", ["k1", "x"]) == [("k1",)]
+        cur.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE ?",
+            (f"%{table}%",),
+        )
+        assert cur.fetchone() == (0,)
+
+
+@contextmanager
+def _keys_table(url: str, table: str, keys: list[str]) -> Iterator[Database]:
+    """The store at ``url`` with a table ``table`` of one text key column holding
+    ``keys``, dropped afterwards."""
+    db = open_database(url)
     try:
         with db.transaction(durable=False) as cur:
             cur.execute(f"DROP TABLE IF EXISTS {table}")
             cur.execute(f"CREATE TABLE {table} (k TEXT PRIMARY KEY)")
-            cur.insert_rows(table, ("k",), [(f"k{i}",) for i in range(50)])
-        with db.reading() as cur:
-            for _ in range(10):
-                assert cur.rows_where_in(f"SELECT k FROM {table}", "k", ["k1", "x"]) == [("k1",)]
-            cur.execute(
-                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE ?",
-                (f"%{table}%",),
-            )
-            assert cur.fetchone() == (0,)
+            cur.insert_rows(table, ("k",), [(k,) for k in keys])
+        yield db
     finally:
         with db.transaction(durable=False) as cur:
             cur.execute(f"DROP TABLE IF EXISTS {table}")
@@ -339,20 +348,10 @@ def test_rows_where_in_is_planned_for_the_table_as_it_is_now(pg_url: str) -> Non
 def test_rows_where_in_finds_exactly_the_rows_among_many_values(db_url: str) -> None:
     """``rows_where_in``: one binary array on PostgreSQL, chunks of 500 on SQLite; either
     way the rows whose key is among the values, over several chunks, and nothing else."""
-    db = open_database(db_url)
     table = "probe_where_in"
     keys = [f"fill-{i:05d}" for i in range(1500)]
-    try:
-        with db.transaction(durable=False) as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
-            cur.execute(f"CREATE TABLE {table} (k TEXT PRIMARY KEY)")
-            cur.insert_rows(table, ("k",), [(k,) for k in keys[::3]])
-        asked = [*keys, "fill-absent", 'it\'s "quoted", {braced}']
-        with db.reading() as cur:
-            found = {r[0] for r in cur.rows_where_in(f"SELECT k FROM {table}", "k", asked)}
-            assert cur.rows_where_in(f"SELECT k FROM {table}", "k", []) == []
-        assert found == set(keys[::3])
-    finally:
-        with db.transaction(durable=False) as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {table}")
-        db.close()
+    asked = [*keys, "fill-absent", 'it\'s "quoted", {braced}']
+    with _keys_table(db_url, table, keys[::3]) as db, db.reading() as cur:
+        found = {r[0] for r in cur.rows_where_in(f"SELECT k FROM {table}", "k", asked)}
+        assert cur.rows_where_in(f"SELECT k FROM {table}", "k", []) == []
+    assert found == set(keys[::3])

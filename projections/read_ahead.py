@@ -2,7 +2,7 @@
 
 A replay of a long log is two kinds of work: reading pages and parsing their frames
 (pure, and most of the time), and folding them into the state in log order (not
-divisible). ``ReadAhead`` forks a child that reads and parses every other page after a
+divisible). ``ReadAhead`` forks a child that reads and parses two pages in three after a
 position, with the projector's own parser, handing each to the parent as it is ready;
 the parent reads and parses the pages in between itself, and folds every page in
 order. (Handing the child every page would leave the parent idle: parsing and
@@ -12,8 +12,9 @@ What crosses the pipe is a page's parsed frames (fills, snapshot, rejection), th
 stored headers, and the raw bytes of rejected frames only (the fold keeps those; it
 never looks at an accepted frame's raw bytes again). A fill already sent with the same
 id and execution time is left out of later frames: cumulative execution records repeat
-every fill two or three times, and a repeat is a no-op in the fold (see ``_SentFills``). A pipe holds little, so the
-child is never more than a page or two ahead: memory stays bounded.
+every fill two or three times, and a repeat is a no-op in the fold (see ``_SentFills``).
+The pipe holds about a megabyte (``PIPE_BYTES``), so the child is never more than a few
+pages ahead: memory stays bounded.
 
 The child is forked when the process runs a single thread, and spawned otherwise (a
 PostgreSQL connection pool runs threads): it then opens the log from its URL and
@@ -111,6 +112,7 @@ class ReadAhead:
                     f"a spawned child cannot be handed the parser: {exc}"
                 ) from exc
         reader, writer = FORK.Pipe(duplex=False)
+        widen_pipe(writer.fileno())
         self._pages = reader
         self._process = start(
             "ledger-read-ahead", _read_ahead, open_log, parse, after, page_size, stop, writer
@@ -139,9 +141,35 @@ class ReadAhead:
 
 
 #: Pages the child reads and parses for each one it leaves to the parent. The parent
-#: also folds every page, but a page costs the child its pickling too: measured at
-#: 200,000 frames, one in two beat two in three (see docs/performance.md).
-CHILD_PAGES = 1
+#: also folds every page, so it keeps fewer to parse; a page costs the child its
+#: pickling too. Two in three beat one in two once the pipe holds several pages
+#: (``PIPE_BYTES``); with a default pipe it did not (see docs/performance.md).
+CHILD_PAGES = 2
+
+#: What the pipe between child and parent should hold: several pickled pages (a page of
+#: 2,000 events is about 300 kB), so neither side waits on the other's every page.
+#: A default Linux pipe holds 64 kB: the child then stalls on each page until the parent
+#: has taken it.
+PIPE_BYTES = 1 << 20
+#: ``fcntl`` operations of Linux (``fcntl`` names them from Python 3.10, not everywhere).
+_F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
+
+
+def widen_pipe(fd: int, size: int = PIPE_BYTES) -> int:
+    """Ask the kernel for a pipe of ``size`` bytes (at most the system's limit) and
+    return what the pipe holds now. Best effort: where pipes cannot be resized (not
+    Linux, a lower limit, a busy pipe) the pipe keeps its size, which is only slower."""
+    try:
+        import fcntl
+
+        with contextlib.suppress(OSError, ValueError), open("/proc/sys/fs/pipe-max-size") as limit:
+            size = min(size, int(limit.read()))
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", _F_SETPIPE_SZ), size)
+        return int(fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", _F_GETPIPE_SZ)))
+    except (ImportError, OSError):
+        return 0
+
 
 #: Fills remembered as sent (cleared whole when full: forgetting only re-sends repeats).
 SENT_MEMORY = 100_000

@@ -92,12 +92,13 @@ def test_a_rebuild_read_ahead_equals_one_read_in_process(
         # On PostgreSQL the child is spawned: the connection pool runs worker threads,
         # and a process with threads is never forked (projections.forking.can_fork).
         assert len(counted_children) == 1
-        # The child read every other page, from the first to the end.
+        # The child read the first CHILD_PAGES of every CHILD_PAGES + 1, to the end.
         ends, at = [], 0
         while page := db.read_page(at, 300, stop=None):
             at = page[-1][0]
             ends.append(at)
-        assert child_pages == ends[::2]
+        every = read_ahead.CHILD_PAGES + 1
+        assert child_pages == [end for i, end in enumerate(ends) if i % every < every - 1]
         assert (ahead.position, state.canonical(), fills_tally(db)) == expected
         # Rejected frames kept their raw bytes through the pipe.
         with db.reading() as cur:
@@ -157,6 +158,31 @@ def test_a_failing_child_hands_the_work_back_to_the_parent(
         assert broken.rebuild().state_hash() == expected
         assert broken.position == db.head()
         assert len(counted_children) == 2  # each rebuild read ahead
+    finally:
+        db.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipes are resized on Linux")
+def test_the_pipe_from_the_child_holds_several_pages(sqlite_url: str, tmp_path: Path) -> None:
+    """A default pipe (64 kB) holds less than one pickled page, so the child would stall
+    on every page until the parent takes it."""
+    import fcntl
+
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    expected = min(read_ahead.PIPE_BYTES, limit)
+    capture = tmp_path / "session.jsonl"
+    make_capture(capture, 200, seed=14)
+    _ingest(sqlite_url, capture)
+    db = open_database(sqlite_url)
+    try:
+        ahead = read_ahead.ReadAhead(db, parse, after=0, page_size=50, stop=None)
+        try:
+            held = fcntl.fcntl(ahead._pages.fileno(), fcntl.F_GETPIPE_SZ)
+            assert held >= expected > 64 * 1024
+            page = ahead.next()
+            assert page is not None and page.after == 0 and page.frames
+        finally:
+            ahead.close()
     finally:
         db.close()
 

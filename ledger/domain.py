@@ -7,6 +7,7 @@ quantities are always ``Decimal``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -121,8 +122,42 @@ def _pickle_by_constructor(cls: type) -> None:
     cls.__reduce__ = reduce  # type: ignore[assignment,method-assign]
 
 
+def _set_slots_directly(cls: type) -> None:
+    """Give a frozen, slotted dataclass an ``__init__`` that sets each field through its
+    slot's descriptor, with the same signature and defaults as the generated one.
+
+    The generated ``__init__`` of a frozen dataclass goes through ``object.__setattr__``
+    for every field: about 2.0 µs for a ``Fill`` against 1.2 µs here, and a replay makes
+    a ``ParsedFrame`` for every frame and a ``Fill`` for every new execution record. The
+    instance stays frozen: assigning to a field afterwards still raises."""
+    env: dict[str, Any] = {"_MISSING": dataclasses.MISSING}
+    params, body = [], []
+    for f in dataclasses.fields(cls):
+        name = f.name
+        env[f"_set_{name}"] = getattr(cls, name).__set__
+        value = name
+        if f.default is not dataclasses.MISSING:
+            env[f"_default_{name}"] = f.default
+            params.append(f"{name}=_default_{name}")
+        elif f.default_factory is not dataclasses.MISSING:
+            env[f"_factory_{name}"] = f.default_factory
+            params.append(f"{name}=_MISSING")
+            value = f"_factory_{name}() if {name} is _MISSING else {name}"
+        else:
+            params.append(name)
+        body.append(f"    _set_{name}(self, {value})\n")
+    source = f"def __init__(self, {', '.join(params)}) -> None:\n{''.join(body)}"
+    # bandit B102: the source is built above from the class's own field names, as
+    # dataclasses itself builds every ``__init__``.
+    exec(source, env)  # nosec B102
+    init = env["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+
+
 for _cls in (Fill, BalanceLine, ParsedFrame):
     _pickle_by_constructor(_cls)
+    _set_slots_directly(_cls)
 
 
 #: C0 controls, DEL, C1 controls and lone UTF-16 surrogates.

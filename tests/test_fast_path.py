@@ -130,6 +130,10 @@ RECORD = (
         _order(RECORD.replace("09:00:00.101Z", "09:00:00.101+00:00")),
         _order(RECORD.replace("2026-03-20T09", "2026-02-30T09")),
         _order(RECORD.replace("2026-03-20T09", "2026-03-20T24")),
+        _order(RECORD.replace("T09:00:00.101Z", "T09:60:00.101Z")),
+        _order(RECORD.replace("T09:00:00.101Z", "T09:00:60.101Z")),
+        _order(RECORD.replace("2026-03-20T09", "2028-02-29T09")),  # a leap day
+        _order(RECORD.replace("2026-03-20T09", "2100-02-29T09")),  # not a leap day
         _order(RECORD.replace("2026-03-20T09", "0999-03-20T09")),
         _order(RECORD.replace('"lovelace"', '"USDM"')),
         _order(RECORD.replace('"lovelace"', '"' + "ab" * 28 + '"')),

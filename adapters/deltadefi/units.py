@@ -69,10 +69,13 @@ def fee_in_asset(amount: Decimal, unit: str, received_asset: str) -> tuple[Decim
     trade delivers (base on buys, quote on sells). Anything else is an error.
     """
     asset, in_lovelace = fee_asset(unit, received_asset)
-    if in_lovelace:
-        with localcontext(_EXACT):
-            return amount / LOVELACE_PER_ADA, asset
-    return amount, asset
+    return (lovelace_to_ada(amount) if in_lovelace else amount), asset
+
+
+def lovelace_to_ada(amount: Decimal) -> Decimal:
+    """An amount of lovelace in ADA, exactly."""
+    with localcontext(_EXACT):
+        return amount / LOVELACE_PER_ADA
 
 
 def fee_asset(unit: str, received_asset: str) -> tuple[str, bool]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any
 
-from ledger.domain import BalanceLine, Fill
+from ledger.domain import BalanceLine, Fill, Side
 from projections.positions import EXACT, ZERO
 
 
@@ -85,12 +85,20 @@ class BalanceSheet:
         return touched
 
     def apply_fill(self, fill: Fill) -> set[str]:
+        """Move the expected totals by a fill; the assets it touched."""
         with localcontext(EXACT):
-            base = self._asset(fill.base_asset)
-            quote = self._asset(fill.quote_asset)
-            sign = fill.side.sign
-            base.expected_total += sign * fill.quantity
-            quote.expected_total -= sign * fill.quote_amount
-            fee_bal = self._asset(fill.fee_asset)
-            fee_bal.expected_total -= fill.fee
+            return self.apply_fill_exactly(fill)
+
+    def apply_fill_exactly(self, fill: Fill) -> set[str]:
+        """``apply_fill`` for a caller that is already in the ``EXACT`` context."""
+        base = self._asset(fill.base_asset)
+        quote = self._asset(fill.quote_asset)
+        if fill.side is Side.BUY:
+            base.expected_total += fill.quantity
+            quote.expected_total -= fill.quote_amount
+        else:
+            base.expected_total -= fill.quantity
+            quote.expected_total += fill.quote_amount
+        fee_bal = self._asset(fill.fee_asset)
+        fee_bal.expected_total -= fill.fee
         return {fill.base_asset, fill.quote_asset, fill.fee_asset}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Context, Decimal, localcontext
 from typing import Any
 
-from ledger.domain import Fill
+from ledger.domain import Fill, Side
 
 #: Sums, differences and products: so wide that they never round for any number the
 #: parser accepts, so the only rounded figures are the quotients below.
@@ -28,10 +28,6 @@ EXACT = Context(prec=1000)
 #: Quotients (a displayed average, a partial release of the cost basis): 60 digits.
 QUOTIENT = Context(prec=60)
 ZERO = Decimal(0)
-
-
-def _sign(value: Decimal) -> int:
-    return (value > 0) - (value < 0)
 
 
 @dataclass
@@ -55,28 +51,32 @@ class AverageCost:
 
     def apply_exactly(self, signed_qty: Decimal, price: Decimal) -> None:
         """``apply`` for a caller that is already in the ``EXACT`` context."""
+        # Signs are compared with ZERO inline: these are the fold's hottest lines.
         held = self.quantity
-        if held == 0 or _sign(held) == _sign(signed_qty):
+        long = held > ZERO
+        if not held or (signed_qty > ZERO if long else signed_qty < ZERO):
             self.quantity = held + signed_qty
             self.cost += abs(signed_qty) * price
             return
-        closing = min(abs(held), abs(signed_qty))
+        held_size, size = abs(held), abs(signed_qty)
+        closing = size if size < held_size else held_size  # min(), ties to the first
         # Closing everything releases the whole basis: no quotient, no rounding. A partial
         # release is rounded, but every sum below is exact, so the rounding cancels when
         # the rest of the basis is released.
-        if closing == abs(held):
+        if closing == held_size:
             released = self.cost
         else:
             with localcontext(QUOTIENT):
-                released = self.cost * closing / abs(held)
+                released = self.cost * closing / held_size
         # For a long, P&L = closed x price - cost released; for a short, the negative.
-        self.realized += _sign(held) * (closing * price - released)
+        gain = closing * price - released
+        self.realized += gain if long else -gain
         self.cost -= released
-        self.quantity = held + signed_qty
-        if self.quantity == 0:
+        quantity = self.quantity = held + signed_qty
+        if not quantity:
             self.cost = ZERO
-        elif _sign(self.quantity) != _sign(held):
-            self.cost = abs(self.quantity) * price
+        elif (quantity > ZERO) != long:
+            self.cost = abs(quantity) * price
 
 
 @dataclass
@@ -108,18 +108,29 @@ class FifoLots:
     def apply_exactly(self, signed_qty: Decimal, price: Decimal) -> None:
         """``apply`` for a caller that is already in the ``EXACT`` context."""
         remaining = signed_qty
-        while remaining != 0 and self.lots and _sign(self.lots[0][0]) != _sign(remaining):
-            lot_qty, lot_price = self.lots[0]
-            take = min(abs(lot_qty), abs(remaining))
-            self.realized += _sign(lot_qty) * take * (price - lot_price)
-            left = lot_qty - _sign(lot_qty) * take
-            if left == 0:
-                self.lots.popleft()
+        lots = self.lots
+        while remaining and lots:
+            lot_qty, lot_price = lots[0]
+            lot_long = lot_qty > ZERO
+            if lot_qty and lot_long == (remaining > ZERO):
+                break  # the same side: the rest opens a lot
+            lot_size, size = abs(lot_qty), abs(remaining)
+            take = size if size < lot_size else lot_size  # min(), ties to the first
+            gain = take * (price - lot_price)
+            if lot_long:
+                self.realized += gain
+                left = lot_qty - take
+                remaining += take
             else:
-                self.lots[0] = (left, lot_price)
-            remaining += _sign(lot_qty) * take
-        if remaining != 0:
-            self.lots.append((remaining, price))
+                self.realized -= gain
+                left = lot_qty + take
+                remaining -= take
+            if left:
+                lots[0] = (left, lot_price)
+            else:
+                lots.popleft()
+        if remaining:
+            lots.append((remaining, price))
 
 
 @dataclass
@@ -140,20 +151,25 @@ class Position:
 
     def apply(self, fill: Fill) -> None:
         """Fold one fill in; the caller guarantees execution order (see ``is_in_order``)."""
-        signed = fill.quantity if fill.side.sign > 0 else -fill.quantity
-        # One exact context for the whole fill: entering one costs a context copy.
         with localcontext(EXACT):
-            self.average.apply_exactly(signed, fill.price)
-            self.fifo.apply_exactly(signed, fill.price)
-            self.fees[fill.fee_asset] = self.fees.get(fill.fee_asset, ZERO) + fill.fee
-            if fill.fee_asset == self.quote_asset:
-                self.fees_in_quote += fill.fee
-            elif fill.fee_asset == self.base_asset:
-                self.fees_in_quote += fill.fee * fill.price
-            if signed > 0:
-                self.buy_quantity += fill.quantity
-            else:
-                self.sell_quantity += fill.quantity
+            self.apply_exactly(fill)
+
+    def apply_exactly(self, fill: Fill) -> None:
+        """``apply`` for a caller that is already in the ``EXACT`` context. (Entering a
+        context costs about as much as folding a fill's average cost: a caller folding
+        many fills enters it once.)"""
+        signed = fill.quantity if fill.side is Side.BUY else -fill.quantity
+        self.average.apply_exactly(signed, fill.price)
+        self.fifo.apply_exactly(signed, fill.price)
+        self.fees[fill.fee_asset] = self.fees.get(fill.fee_asset, ZERO) + fill.fee
+        if fill.fee_asset == self.quote_asset:
+            self.fees_in_quote += fill.fee
+        elif fill.fee_asset == self.base_asset:
+            self.fees_in_quote += fill.fee * fill.price
+        if signed > ZERO:
+            self.buy_quantity += fill.quantity
+        else:
+            self.sell_quantity += fill.quantity
         self.fill_count += 1
         self.last_key = fill.sort_key
 
@@ -233,10 +249,15 @@ class PositionBook:
 
     def book(self, fill: Fill) -> bool:
         """Fold ``fill`` in if it is in order; False means the symbol needs ``refold``."""
+        with localcontext(EXACT):
+            return self.book_exactly(fill)
+
+    def book_exactly(self, fill: Fill) -> bool:
+        """``book`` for a caller that is already in the ``EXACT`` context."""
         pos = self.position(fill)
         if not pos.is_in_order(fill):
             return False
-        pos.apply(fill)
+        pos.apply_exactly(fill)
         return True
 
     def refold(
@@ -256,12 +277,13 @@ class PositionBook:
         The fills are consumed one at a time (they may be streamed from the store: a
         symbol's whole history held at once costs about 1.5 kB a fill)."""
         pos = start
-        for fill in fills_in_order:
-            if pos is None:
-                pos = Position(symbol, fill.base_asset, fill.quote_asset)
-            pos.apply(fill)
-            if checkpoint is not None and every and pos.fill_count % every == 0:
-                checkpoint(pos)
+        with localcontext(EXACT):
+            for fill in fills_in_order:
+                if pos is None:
+                    pos = Position(symbol, fill.base_asset, fill.quote_asset)
+                pos.apply_exactly(fill)
+                if checkpoint is not None and every and pos.fill_count % every == 0:
+                    checkpoint(pos)
         if pos is None:
             self.positions.pop(symbol, None)
         else:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import localcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from adapters.storage import Database, SqlCursor, SQLiteDatabase, parse_url
 from ledger.domain import Fill, ParsedFrame
 from ledger.events import split_state
 from projections import checkpoints, views
+from projections.positions import EXACT
 from projections.read_ahead import CannotReadAhead, PageFrame, ReadAhead, ReadPage, read_frames
 from projections.state import (
     LedgerState,
@@ -266,36 +268,39 @@ class Projector:
         # in-order checkpoints), and for a stale one the smallest late sort key.
         counts_before: dict[str, int] = {}
         earliest_late: dict[str, tuple[str, str]] = {}
-        for position, head, raw, parsed in frames:
-            state.frames += 1
-            if parsed.rejection is not None:
-                source = str(_header(head).get("src", ""))
-                rejects.append((position, source, parsed.rejection, raw))
-                state.rejects.add(hashed_reject(source, parsed.rejection))
-                continue
-            if parsed.snapshot is not None and (
-                window.received_until is None
-                or str(_header(head).get("at", "")) <= window.received_until
-            ):
-                assets |= state.balances.apply_snapshot(parsed.snapshot)
-            for fill in parsed.fills:
-                if fill.fill_id in booked or not _in_window(fill, window):
+        # One exact context for the whole page: entering one per fill cost as much as
+        # folding the fill's average cost.
+        with localcontext(EXACT):
+            for position, head, raw, parsed in frames:
+                state.frames += 1
+                if parsed.rejection is not None:
+                    source = str(_header(head).get("src", ""))
+                    rejects.append((position, source, parsed.rejection, raw))
+                    state.rejects.add(hashed_reject(source, parsed.rejection))
                     continue
-                booked.add(fill.fill_id)
-                row = fill_row(fill, position)
-                new_rows.append(row)
-                state.fills.add(hashed_fill(row))
-                assets |= state.balances.apply_fill(fill)
-                symbol = fill.symbol
-                if symbol not in counts_before:
-                    symbols.add(symbol)
-                    held = state.book.positions.get(symbol)
-                    counts_before[symbol] = held.fill_count if held is not None else 0
-                if symbol in stale or not state.book.book(fill):
-                    stale.add(symbol)
-                    key = fill.sort_key
-                    if symbol not in earliest_late or key < earliest_late[symbol]:
-                        earliest_late[symbol] = key
+                if parsed.snapshot is not None and (
+                    window.received_until is None
+                    or str(_header(head).get("at", "")) <= window.received_until
+                ):
+                    assets |= state.balances.apply_snapshot(parsed.snapshot)
+                for fill in parsed.fills:
+                    if fill.fill_id in booked or not _in_window(fill, window):
+                        continue
+                    booked.add(fill.fill_id)
+                    row = fill_row(fill, position)
+                    new_rows.append(row)
+                    state.fills.add(hashed_fill(row))
+                    assets |= state.balances.apply_fill_exactly(fill)
+                    symbol = fill.symbol
+                    if symbol not in counts_before:
+                        symbols.add(symbol)
+                        held = state.book.positions.get(symbol)
+                        counts_before[symbol] = held.fill_count if held is not None else 0
+                    if symbol in stale or not state.book.book_exactly(fill):
+                        stale.add(symbol)
+                        key = fill.sort_key
+                        if symbol not in earliest_late or key < earliest_late[symbol]:
+                            earliest_late[symbol] = key
 
         views.insert_fills(cur, new_rows)
         views.insert_rejects(cur, rejects)

@@ -8,11 +8,12 @@ the parent reads and parses the pages in between itself, and folds every page in
 order. (Handing the child every page would leave the parent idle: parsing and
 sending a page costs more than folding it.)
 
-What crosses the pipe is a page's parsed frames (fills, snapshot, rejection), their
-stored headers, and the raw bytes of rejected frames only (the fold keeps those; it
-never looks at an accepted frame's raw bytes again). A fill already sent with the same
-id and execution time is left out of later frames: cumulative execution records repeat
-every fill two or three times, and a repeat is a no-op in the fold (see ``_SentFills``).
+What crosses the pipe is a page's parsed frames (fills, snapshot, rejection), and the
+stored header and raw bytes of a frame only where the fold reads them: the header of a
+rejected frame or a balance snapshot (its source, its time), the raw bytes of a rejected
+frame (the fold keeps those). A fill already sent with the same id and execution time
+is left out of later frames: cumulative execution records repeat every fill two or
+three times, and a repeat is a no-op in the fold (see ``_SentFills``).
 The pipe holds about a megabyte (``PIPE_BYTES``), so the child is never more than a few
 pages ahead: memory stays bounded.
 
@@ -29,7 +30,6 @@ reading for itself from where it is.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -185,19 +185,40 @@ class _SentFills:
 
     def __init__(self) -> None:
         self._sent: dict[str, str] = {}
+        #: One frame that brings the fold nothing, per kind: a page pickles it once, and
+        #: every frame of that kind with nothing for the fold refers to it.
+        self._nothing: dict[str, ParsedFrame] = {}
 
     def fresh(self, parsed: ParsedFrame) -> ParsedFrame:
-        sent = self._sent
-        if not parsed.fills:
+        """``parsed`` without the fills already sent (the same object when all are new)."""
+        fills = parsed.fills
+        if fills:
+            sent = self._sent
+            fresh = tuple([f for f in fills if sent.get(f.fill_id) != f.executed_at])
+            if len(sent) + len(fresh) > SENT_MEMORY:
+                sent.clear()
+            for fill in fresh:
+                sent[fill.fill_id] = fill.executed_at
+            if len(fresh) == len(fills):
+                return parsed
+            if fresh or parsed.snapshot is not None or parsed.extra:
+                return ParsedFrame(
+                    parsed.kind, fresh, parsed.snapshot, parsed.rejection, parsed.extra
+                )
+        elif parsed.snapshot is not None or parsed.rejection is not None or parsed.extra:
             return parsed
-        fresh = tuple(f for f in parsed.fills if sent.get(f.fill_id) != f.executed_at)
-        if len(sent) + len(fresh) > SENT_MEMORY:
-            sent.clear()
-        for fill in fresh:
-            sent[fill.fill_id] = fill.executed_at
-        if len(fresh) == len(parsed.fills):
-            return parsed
-        return dataclasses.replace(parsed, fills=fresh)
+        nothing = self._nothing.get(parsed.kind)
+        if nothing is None:
+            nothing = self._nothing[parsed.kind] = ParsedFrame(parsed.kind)
+        return nothing
+
+
+def _for_the_fold(frame: PageFrame, sent_fills: _SentFills) -> PageFrame:
+    """A frame as the parent's fold needs it (see the module's docstring)."""
+    position, head, _raw, parsed = frame
+    if parsed.rejection is not None:
+        return frame
+    return position, head if parsed.snapshot is not None else b"", b"", sent_fills.fresh(parsed)
 
 
 def _read_ahead(
@@ -221,10 +242,7 @@ def _read_ahead(
             if not page:
                 pages.send(None)
                 return
-            frames = [
-                (pos, head, raw if parsed.rejection is not None else b"", sent_fills.fresh(parsed))
-                for pos, head, raw, parsed in read_frames(page, parse)
-            ]
+            frames = [_for_the_fold(frame, sent_fills) for frame in read_frames(page, parse)]
             end = page[-1][0]
             pages.send(ReadPage(position, end, frames))
             position = end

@@ -17,7 +17,7 @@ from adapters.deltadefi.frames import parse
 from adapters.storage import open_database
 from ledger.application import Ledger
 from ledger.domain import ParsedFrame
-from ledger.events import FRAME_TOPICS
+from ledger.events import FRAME_TOPICS, split_state
 from projections import read_ahead, runner
 from projections.runner import Projector, Replay, Window, fills_tally
 
@@ -131,6 +131,48 @@ def test_a_windowed_replay_read_ahead_stops_where_it_is_told(
         with Replay(db, window=Window(stop=stop)) as replay:
             assert replay.run().state_hash() == ahead.state_hash()
         assert len(counted_children) == 1
+    finally:
+        db.close()
+
+
+def test_a_replay_as_of_a_time_reads_ahead_to_the_state_of_one_read_in_process(
+    sqlite_url: str,
+    tmp_path: Path,
+    counted_children: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CLI's ``--as-of`` path: the fold reads a balance snapshot's time from its
+    stored header, so the child must send the headers of snapshots (and of rejected
+    frames, for their source), though it leaves out every other frame's."""
+    capture = tmp_path / "session.jsonl"
+    make_capture(capture, 3000, seed=15, malformed_rate=0.02)
+    _ingest(sqlite_url, capture)
+    db = open_database(sqlite_url)
+    try:
+        received = [
+            split_state(stored)[0]["at"]
+            for _, topic, stored in db.read_page(0, 100_000)
+            if topic in FRAME_TOPICS and b'"balance"' in stored
+        ]
+        window = Window(received_until=received[len(received) // 2])
+
+        def replayed() -> dict[str, Any]:
+            with Replay(db, window=window) as replay:
+                replay.projector.page_size = 250
+                state = replay.run().canonical()
+                with replay.views_db.reading() as cur:
+                    cur.execute("SELECT COUNT(*), MIN(source) FROM ledger_rejects")
+                    count, source = cur.fetchone()
+                assert count > 0 and source  # every rejected frame kept its source
+            return state
+
+        ahead = replayed()
+        assert len(counted_children) == 1
+        monkeypatch.setattr(runner, "READ_AHEAD_MIN_EVENTS", 10**12)
+        assert replayed() == ahead
+        assert len(counted_children) == 1
+        with Replay(db) as everything:
+            assert everything.run().canonical()["balances"] != ahead["balances"]
     finally:
         db.close()
 

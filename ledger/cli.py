@@ -22,6 +22,7 @@ from rich.table import Table
 
 from adapters.deltadefi.frames import normalise_timestamp
 from adapters.storage import DatabaseUnavailable, DatabaseURLError, parse_url
+from ledger import collector
 from ledger.application import AppendReport
 from ledger.bootstrap import LedgerServices, open_ledger
 from ledger.parse_ahead import ParseAhead
@@ -819,6 +820,7 @@ def main() -> None:
     from ledger.logging import install_excepthook
 
     install_excepthook()  # a traceback (LEDGER_DEBUG=1) is printed with secrets masked
+    collector.for_throughput()
     try:
         # Not standalone: click would print a usage error as a multi-line panel; we print one line.
         code = app(standalone_mode=False)

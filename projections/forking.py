@@ -21,6 +21,8 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from ledger import collector
+
 _PR_SET_PDEATHSIG = 1
 
 FORK = multiprocessing.get_context("fork")
@@ -95,4 +97,7 @@ def _run_tied(parent: int, target: Callable[..., None], args: tuple[Any, ...]) -
         os._exit(0)
     # The parent's Ctrl-C is the parent's to handle; the child stops when told or orphaned.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A spawned child starts with the default collector; a forked one freezes what it
+    # inherited, so that collections leave the parent's pages unwritten.
+    collector.for_throughput()
     target(parent, *args)

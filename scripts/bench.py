@@ -583,12 +583,14 @@ def _live_follower(argv: list[str]) -> int:
     url, ws_url, key, expected_s, timeout_s, out = argv
     expected, timeout = int(expected_s), float(timeout_s)
 
+    from ledger import collector
     from ledger.application import AppendReport, IncomingFrame
     from ledger.bootstrap import open_ledger
     from ledger.live import SOURCE_WS, Follower
     from ledger.live_bootstrap import LiveConfig, follow_account
     from ledger.logging import configure_logging
 
+    collector.for_throughput()  # as the command line does (ledger.cli.main)
     configure_logging("warning")
     visible: list[float] = []
     holder: dict[str, Any] = {}

@@ -102,6 +102,9 @@ RECORD = (
         _order(RECORD.replace('"0.45"', '"NaN"')),
         _order(RECORD, extra="NaN"),  # NaN in an ignored field: the stdlib refuses it
         _order(RECORD, extra="Infinity"),
+        # The word after another place of its first letter (the symbol's).
+        _order(RECORD, symbol='"NIGHTUSDM"', extra="NaN"),
+        _order(RECORD, symbol='"IAGUSDM"', extra="[1,-Infinity]"),
         _order(RECORD.replace('"e1"', '"e\\u0000"')),  # a NUL in a fill id
         _order(RECORD.replace('"e1"', '"\\ud800"')),  # a lone surrogate
         _order(RECORD.replace('"e1"', '" "')),  # empty after stripping
@@ -169,3 +172,12 @@ def test_memories_are_bounded() -> None:
     assert len(fast_path._fills) <= fast_path._MEMO_LIMIT
     fast_path.forget()
     assert not fast_path._recent and not fast_path._fills and not fast_path._orders
+
+
+@given(
+    st.lists(st.sampled_from([b"N", b"NaN", b"Na", b"I", b"Infinit", b"Infinity", b"x"])),
+    st.sampled_from([b"NaN", b"Infinity"]),
+)
+def test_a_word_is_found_wherever_it_is(parts: list[bytes], word: bytes) -> None:
+    raw = b"".join(parts)
+    assert fast_path._holds(raw, word) == (word in raw)

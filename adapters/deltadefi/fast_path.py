@@ -288,6 +288,19 @@ def _fill(context: tuple[str, str, str, str, Side], rec: _RecordJSON) -> Fill:
     return fill
 
 
+def _holds(raw: bytes, word: bytes) -> bool:
+    """``word in raw``, for a word whose first letter is rare in frames: each place of
+    that letter is found by a memchr and the word compared there. Twice as fast as
+    ``in`` on the exchange's frames (at most one ``N`` or ``I`` each, in a symbol)."""
+    first = word[:1]
+    at = raw.find(first)
+    while at >= 0:
+        if raw.startswith(word, at):
+            return True
+        at = raw.find(first, at + 1)
+    return False
+
+
 def read_order_info(raw: bytes) -> ParsedFrame | None:
     """The ``ParsedFrame`` ``frames.parse`` would return for ``raw``, or None to ask it."""
     if (
@@ -295,11 +308,11 @@ def read_order_info(raw: bytes) -> ParsedFrame | None:
         or b'"order_info"' not in raw
         # The standard library refuses NaN and Infinity (pydantic-core would skip them in an
         # ignored field) and is the judge of non-ASCII text: leave both to it. (A search
-        # for one byte is a memchr, several times faster than one for a word, so the word
-        # is only looked for in a frame that holds its first letter.)
+        # for one byte is a memchr, several times faster than one for a word: see
+        # ``_holds``.)
         or not raw.isascii()
-        or (b"N" in raw and b"NaN" in raw)
-        or (b"I" in raw and b"Infinity" in raw)
+        or _holds(raw, b"NaN")
+        or _holds(raw, b"Infinity")
     ):
         return None
     try:
